@@ -1,0 +1,230 @@
+"""Forget/retain selection: which samples the model must forget, and which it must keep.
+
+A selector is one of
+
+- ``"class:C[,C...]"`` (or ``"class=C"``): every sample of those classes;
+- ``"index:I[,I...]"`` (ranges ``"index:10-19"`` allowed) or a Python list of ints: samples
+  by their index in the *original* 1,797-image ``load_digits`` order (stable across splits,
+  see :attr:`fastunlearn.data.digits.DigitsData.indices`);
+- a path to a folder of image files (any PIL format): the user's own images. If every image
+  lies in a sub-folder named by an integer (``forget/3/a.png``) that integer is its label,
+  otherwise labels are -1 (unknown).
+
+The retain set is the complement of the forget set within the pool (default: the digits
+train split) unless a retain selector is given. Both sides must be non-empty and, when both
+come from the pool, disjoint; every violation is a :class:`~fastunlearn.data.errors.DataError`
+whose message says what matched and what exists.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import torch
+
+from fastunlearn.data.digits import DigitsData, load_digits_split
+from fastunlearn.data.errors import DataError
+from fastunlearn.data.sources import load_image_folder
+
+Selector = str | PathLike | Sequence[int]
+
+_SELECTOR_RE = re.compile(r"^\s*(class|index)\s*[:=]\s*(.*?)\s*$", re.IGNORECASE)
+_FORMS = (
+    "`class:C[,C...]`, `index:I[,I...]` (ranges like `index:10-19`), "
+    "a list of ints, or an existing folder of images"
+)
+
+
+@dataclass(frozen=True)
+class ForgetRetain:
+    """The two sides of an unlearning job, ready for the methods.
+
+    ``*_indices`` are original ``load_digits`` indices for pool samples and -1 for images
+    that came from a folder; ``*_labels`` are -1 where the label is unknown.
+    """
+
+    forget_images: torch.Tensor
+    forget_labels: torch.Tensor
+    retain_images: torch.Tensor
+    retain_labels: torch.Tensor
+    forget_classes: list[int]
+    retain_classes: list[int]
+    description: str
+    forget_indices: torch.Tensor | None = None
+    retain_indices: torch.Tensor | None = None
+
+
+def format_classes(classes: Sequence[int]) -> str:
+    """``[0,1,2,3,5]`` → ``"0–3, 5"`` (compact, for messages)."""
+    cs = sorted(set(int(c) for c in classes))
+    if not cs:
+        return "none"
+    parts, start, prev = [], cs[0], cs[0]
+    for c in cs[1:] + [None]:
+        if c is not None and c == prev + 1:
+            prev = c
+            continue
+        parts.append(str(start) if start == prev else f"{start}–{prev}")
+        if c is not None:
+            start = prev = c
+    return ", ".join(parts)
+
+
+def _parse_ints(body: str, selector: str, allow_ranges: bool) -> list[int]:
+    values: list[int] = []
+    for tok in (t.strip() for t in body.split(",")):
+        m = re.fullmatch(r"(-?\d+)(?:\s*-\s*(\d+))?", tok) if tok else None
+        if m is None or (m.group(2) is not None and not allow_ranges):
+            raise DataError(
+                f"malformed selector `{selector}`: {tok!r} is not an integer"
+                + (" or a range like 10-19" if allow_ranges else "")
+                + f"; expected {_FORMS}"
+            )
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise DataError(f"malformed selector `{selector}`: the range {tok!r} is empty")
+        values.extend(range(lo, hi + 1))
+    return values
+
+
+def _selector_text(selector: Selector) -> str:
+    if isinstance(selector, (str, PathLike)):
+        return str(selector)
+    return "index:" + ",".join(str(int(i)) for i in selector)
+
+
+def _select(selector: Selector, pool: DigitsData, side: str, size: int, channels: int) -> DigitsData:
+    """One selector → the matching samples (indices -1 for folder images)."""
+    text = _selector_text(selector)
+    if isinstance(selector, (list, tuple, range, torch.Tensor)):
+        ids = [int(i) for i in selector]
+        kind = "index"
+    elif isinstance(selector, (str, PathLike)):
+        m = _SELECTOR_RE.match(str(selector)) if isinstance(selector, str) else None
+        if m is None:
+            path = Path(selector)
+            if path.is_dir():
+                return _select_folder(path, size, channels)
+            raise DataError(f"malformed selector `{text}`: expected {_FORMS}")
+        kind = m.group(1).lower()
+        if not m.group(2):
+            raise DataError(f"malformed selector `{text}`: no value after `{kind}:`; expected {_FORMS}")
+        ids = _parse_ints(m.group(2), text, allow_ranges=kind == "index")
+    else:
+        raise DataError(
+            f"unsupported {side} selector of type {type(selector).__name__}: expected {_FORMS}"
+        )
+    if kind == "class":
+        mask = torch.isin(pool.labels, torch.tensor(ids, dtype=torch.long))
+        if not bool(mask.any()):
+            present = format_classes(pool.labels.unique().tolist())
+            raise DataError(
+                f"{side} set is empty: the selector `{text}` matched no sample (classes present: {present})"
+            )
+        return pool.subset(mask)
+    return _select_indices(ids, pool, side, text)
+
+
+def _select_indices(ids: list[int], pool: DigitsData, side: str, text: str) -> DigitsData:
+    if not ids:
+        raise DataError(f"{side} set is empty: the selector `{text}` lists no index")
+    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if dup:
+        raise DataError(f"selector `{text}` lists indices more than once: {_preview(dup)}")
+    position = {int(orig): pos for pos, orig in enumerate(pool.indices.tolist())}
+    missing = [i for i in ids if i not in position]
+    if missing:
+        total = 1797
+        outside = [i for i in missing if not 0 <= i < total]
+        where = (
+            f"outside the data set's indices 0–{total - 1}" if outside
+            else "not in the pool the selection draws from (the digits train split; "
+            "indices refer to the original load_digits order)"
+        )
+        raise DataError(f"selector `{text}`: {len(missing)} index(es) are {where}: {_preview(missing)}")
+    return pool.subset(torch.tensor([position[i] for i in ids], dtype=torch.long))
+
+
+def _select_folder(path: Path, size: int, channels: int) -> DigitsData:
+    images, paths = load_image_folder(path, size, channels)
+    parents = [p.parent.relative_to(path).parts for p in paths]
+    labelled = all(len(parts) == 1 and parts[0].isdigit() for parts in parents)
+    labels = [int(parts[0]) if labelled else -1 for parts in parents]
+    return DigitsData(
+        images, torch.tensor(labels, dtype=torch.long), torch.full((len(paths),), -1, dtype=torch.long)
+    )
+
+
+def _preview(values: Sequence[int], limit: int = 10) -> str:
+    shown = ", ".join(str(v) for v in list(values)[:limit])
+    return shown + (f", … ({len(values) - limit} more)" if len(values) > limit else "")
+
+
+def _describe(side: str, text: str, data: DigitsData) -> str:
+    classes = [c for c in data.labels.unique().tolist() if c >= 0]
+    cls = f"classes {format_classes(classes)}" if classes else "unlabelled"
+    return f"{side}: {len(data)} images ({cls}) from `{text}`"
+
+
+def select_forget_retain(
+    forget: Selector,
+    retain: Selector | None = None,
+    pool: DigitsData | None = None,
+    image_size: int = 16,
+    channels: int = 1,
+) -> ForgetRetain:
+    """Build the forget and retain sets from selectors (see the module doc for the forms).
+
+    Args:
+        forget: what to forget.
+        retain: what to keep; default: every pool sample not in the forget set.
+        pool: the labelled data that class/index selectors draw from; default: the digits
+            train split (the data the shipped models were trained on).
+        image_size, channels: the model's input, for folder selectors.
+
+    Raises:
+        DataError: malformed selector, an empty side, or samples on both sides.
+    """
+    pool = pool if pool is not None else load_digits_split("train")
+    forget_text = _selector_text(forget)
+    f = _select(forget, pool, "forget", image_size, channels)
+    if len(f) == 0:
+        raise DataError(f"forget set is empty: the selector `{forget_text}` matched no sample")
+    if retain is None:
+        retain_text = f"the rest of the pool (not `{forget_text}`)"
+        forget_ids = f.indices[f.indices >= 0]
+        r = pool.subset(~torch.isin(pool.indices, forget_ids))
+        if len(r) == 0:
+            raise DataError(
+                f"retain set is empty: the forget selector `{forget_text}` takes all {len(pool)} "
+                "samples of the pool; forget fewer or give a retain selector"
+            )
+    else:
+        retain_text = _selector_text(retain)
+        r = _select(retain, pool, "retain", image_size, channels)
+        if len(r) == 0:
+            raise DataError(f"retain set is empty: the selector `{retain_text}` matched no sample")
+        both = sorted(set(f.indices[f.indices >= 0].tolist()) & set(r.indices[r.indices >= 0].tolist()))
+        if both:
+            raise DataError(
+                f"{len(both)} sample{'s are' if len(both) != 1 else ' is'} in both the forget and the "
+                f"retain set: original indices {_preview(both)} (forget `{forget_text}`, retain "
+                f"`{retain_text}`); make the selectors disjoint"
+            )
+    forget_classes = sorted(c for c in f.labels.unique().tolist() if c >= 0)
+    retain_classes = sorted(c for c in r.labels.unique().tolist() if c >= 0)
+    description = f"{_describe('forget', forget_text, f)}; {_describe('retain', retain_text, r)}"
+    return ForgetRetain(
+        forget_images=f.images, forget_labels=f.labels,
+        retain_images=r.images, retain_labels=r.labels,
+        forget_classes=forget_classes, retain_classes=retain_classes,
+        description=description, forget_indices=f.indices, retain_indices=r.indices,
+    )
+
+
+__all__ = ["ForgetRetain", "Selector", "format_classes", "select_forget_retain"]

@@ -1,0 +1,85 @@
+"""The model zoo: small models the project trains itself and ships inside the package.
+
+The build and test machines have no internet, so the default run needs weights that come
+with the code. Each model lives in ``fastunlearn/zoo/models/<name>/`` in diffusers format
+with a ``training.json`` recording how ``python -m fastunlearn.zoo.train <name>`` made it.
+
+References: ``"zoo:digits-ddpm"`` or the bare name ``"digits-ddpm"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastunlearn.data.errors import DataError
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+ZOO_PREFIX = "zoo:"
+
+#: Shipped models and what they are, in the order ``available()`` lists them.
+DESCRIPTIONS: dict[str, str] = {
+    "digits-ddpm": "class-conditional DDPM (UNet2DModel, 16×16 grey digits, label 10 = unconditional)",
+    "digits-classifier": "CNN judge for 16×16 digits (logits over 10 classes, penultimate features)",
+}
+
+
+class ZooError(DataError):
+    """A zoo reference names no shipped model, or the model's files are missing."""
+
+
+def available() -> dict[str, str]:
+    """Names of the shipped models whose directory is present, with a one-line description."""
+    return {
+        name: desc for name, desc in DESCRIPTIONS.items()
+        if (MODELS_DIR / name / "training.json").is_file()
+    }
+
+
+def is_zoo_ref(ref: str) -> bool:
+    """Whether ``ref`` names a zoo model (``"zoo:NAME"`` or a bare shipped name)."""
+    return isinstance(ref, str) and (ref.startswith(ZOO_PREFIX) or ref in DESCRIPTIONS)
+
+
+def resolve(name_or_ref: str) -> Path:
+    """The directory of a shipped model, from ``"zoo:NAME"`` or ``"NAME"``.
+
+    Raises:
+        ZooError: the name is unknown (the message lists what exists) or its files are
+            missing (a source checkout without the trained weights).
+    """
+    name = name_or_ref[len(ZOO_PREFIX):] if name_or_ref.startswith(ZOO_PREFIX) else name_or_ref
+    if name not in DESCRIPTIONS:
+        listing = ", ".join(f"zoo:{n}" for n in DESCRIPTIONS)
+        raise ZooError(f"unknown zoo model {name_or_ref!r}: the zoo has {listing}")
+    path = MODELS_DIR / name
+    if not (path / "training.json").is_file():
+        raise ZooError(
+            f"zoo model {name!r} is not present at {path}: "
+            f"train it with `python -m fastunlearn.zoo.train {name}`"
+        )
+    return path
+
+
+def load_classifier(name: str = "digits-classifier", device: str | None = None):
+    """The shipped digits judge (a :class:`~fastunlearn.zoo.classifier.DigitsClassifier`), in eval mode."""
+    from fastunlearn.zoo.classifier import DigitsClassifier
+
+    model = DigitsClassifier.from_pretrained(resolve(name)).eval()
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+def load_unet(name: str = "digits-ddpm", device: str | None = None):
+    """The UNet of a shipped DDPM (``UNet2DModel``), in eval mode."""
+    from diffusers import UNet2DModel
+
+    model = UNet2DModel.from_pretrained(resolve(name), subfolder="unet").eval()
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+__all__ = [
+    "MODELS_DIR", "ZooError", "available", "is_zoo_ref", "resolve", "load_classifier", "load_unet",
+]
