@@ -7,8 +7,74 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 from fastunlearn.errors import UserInputError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line and exit code 2 like every other user mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"fastunlearn: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+#: CLI flag → UnlearnConfig key, for flags whose value is taken as given.
+_RUN_FLAGS = {
+    "model": "model", "forget": "forget", "retain": "retain", "method": "method", "steps": "steps",
+    "batch_size": "batch_size", "lr": "lr", "seed": "seed", "out": "out_dir", "checkpoint_every": "checkpoint_every",
+    "device": "device", "precision": "precision", "eval_per_class": "eval_per_class", "eval_steps": "eval_steps",
+    "scope": "scope",
+}
+#: Shortcuts for the most used EraseDiff options (equal to --option KEY=VALUE).
+_OPTION_FLAGS = ("target", "lambda_rule", "eta")
+
+
+def _run_config(args: argparse.Namespace):
+    """Defaults < the resumed run's config.yaml < --config FILE < explicit flags."""
+    from fastunlearn.api import _partial_dir
+    from fastunlearn.config import UnlearnConfig, parse_option_pairs
+
+    cfg = UnlearnConfig()
+    if args.resume:
+        out = Path(args.out if args.out is not None else cfg.out_dir).expanduser().resolve()
+        saved = _partial_dir(out) / "config.yaml"
+        if not saved.is_file():
+            raise UserInputError(f"nothing to resume for {out}: no unfinished run there (no {saved})")
+        cfg = UnlearnConfig.from_yaml(saved)
+    if args.config is not None:
+        cfg = UnlearnConfig.from_yaml(args.config, base=cfg)
+    values = {key: getattr(args, flag) for flag, key in _RUN_FLAGS.items() if getattr(args, flag) is not None}
+    for flag in ("unconditional", "resume", "compile"):
+        if getattr(args, flag):
+            values[flag] = True
+    if args.no_eval:
+        values["evaluate"] = False
+    if args.quiet:
+        values["progress"] = False
+    options = {k: getattr(args, k) for k in _OPTION_FLAGS if getattr(args, k) is not None}
+    options.update(parse_option_pairs(args.option))
+    if options:
+        values["options"] = options
+    return UnlearnConfig.from_dict(values, base=cfg)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fastunlearn.api import run_config
+
+    cfg = _run_config(args)
+    result = run_config(cfg)
+    train = result.train
+    print(f"\nunlearned {result.config.forget} from {result.config.model} with {result.config.method}: "
+          f"{train['steps']} steps in {train['train_wall_s']:.1f}s ({train['steps_per_s']:.2f} steps/s), "
+          f"job {train['job_wall_s']:.1f}s")
+    print(result.table())
+    print(f"wrote {result.out_dir}")
+    return 0
+
+
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -18,8 +84,39 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastunlearn", description="Make a trained generative model forget data.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="fastunlearn", description="Make a trained generative model forget data.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    p_run = sub.add_parser(
+        "run", help="unlearn (default: forget digit 0 from the shipped digits DDPM with EraseDiff)",
+        description="Unlearn data from a model and write the result (model, metrics, sample grids) to --out.",
+    )
+    p_run.add_argument("--model", help="zoo:NAME, a diffusers directory or a hub id (default zoo:digits-ddpm)")
+    p_run.add_argument("--forget", help="class:C[,C], index:I[,I] or an image folder (default class:0)")
+    p_run.add_argument("--retain", help="selector of the data to keep (default: the rest of the train split)")
+    p_run.add_argument("--method", help="unlearning method (default erasediff)")
+    p_run.add_argument("--steps", type=int, help="optimisation steps (default: the method's)")
+    p_run.add_argument("--batch-size", type=int, help="forget and retain rows per step (default: the method's)")
+    p_run.add_argument("--lr", type=float, help="learning rate (default: the method's)")
+    p_run.add_argument("--seed", type=int, help="seed of the batches and noise (default 0)")
+    p_run.add_argument("--out", help="output directory (default ./fastunlearn-out)")
+    p_run.add_argument("--config", help="YAML file of settings (flags given here override it)")
+    p_run.add_argument("--checkpoint-every", type=int, metavar="N", help="write a checkpoint every N steps")
+    p_run.add_argument("--resume", action="store_true", help="continue the run of --out from its latest checkpoint")
+    p_run.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
+    p_run.add_argument("--unconditional", action="store_true",
+                       help="forget the class from the model's unconditional generations")
+    p_run.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+    p_run.add_argument("--precision", help="fp32 (default) or bf16")
+    p_run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p_run.add_argument("--scope", help="parameters to train: all (default) or attention")
+    p_run.add_argument("--eval-per-class", type=int, help="generations per class in each evaluation (default 100)")
+    p_run.add_argument("--eval-steps", type=int, help="DDIM steps of the evaluation sampler (default 20)")
+    p_run.add_argument("--target", help="EraseDiff forget target: pseudo_label (default) or uniform")
+    p_run.add_argument("--lambda-rule", help="EraseDiff λ rule: bome (default), cosine or fixed")
+    p_run.add_argument("--eta", type=float, help="η of the λ rule")
+    p_run.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="a method option (repeatable)")
+    p_run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p_run.set_defaults(func=_run)
     p_doc = sub.add_parser("doctor", help="versions, devices, the C++/CUDA extension and which kernel backend each op uses")
     p_doc.add_argument("--json", action="store_true", help="print the report as JSON")
     p_doc.set_defaults(func=_doctor)
@@ -35,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserInputError as exc:
-        print(f"fastunlearn: error: {exc}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"fastunlearn: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,248 @@
+"""``fastunlearn.run``: one unlearning job end to end — the one place the layers are wired together.
+
+model (models/) → forget/retain sets (data/) → method (methods/) → loop (engine/) → before/after metrics
+(eval/) → ``out_dir/``. Every user mistake is found before anything is written. The job writes into
+``.<out_dir>.partial`` next to ``out_dir`` (which also holds the checkpoints ``resume`` continues from) and
+moves it into place only when complete, so ``out_dir`` is never a half-written result.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastunlearn.config import UnlearnConfig
+from fastunlearn.errors import UserInputError
+
+#: Files that mark a directory as a previous fastunlearn output (safe to replace).
+_OUTPUT_MARKERS = ("metrics.json", "config.yaml")
+
+
+@dataclass
+class UnlearnResult:
+    """What a run produced: the unlearned adapter, before/after metrics and the written paths."""
+
+    adapter: Any
+    config: UnlearnConfig
+    out_dir: Path
+    metrics_before: dict[str, Any] | None
+    metrics_after: dict[str, Any] | None
+    train: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """A before/after table of the headline metrics (what the CLI prints)."""
+        if self.metrics_before is None or self.metrics_after is None:
+            return "evaluation skipped (--no-eval)"
+        rows = [(k, self.metrics_before[k], self.metrics_after[k]) for k in self.metrics_before["headline"]]
+        width = max(len(k) for k, _, _ in rows)
+        lines = [f"{'metric':<{width}}  {'before':>8}  {'after':>8}"]
+        lines += [f"{k:<{width}}  {b:>8.2%}  {a:>8.2%}" for k, b, a in rows]
+        return "\n".join(lines)
+
+
+def _partial_dir(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.partial"
+
+
+def _judge(adapter: Any):
+    """The shipped digits classifier, when the model draws digits (1×16×16, ≤ 10 classes); else None."""
+    if adapter.image_shape != (1, 16, 16) or (adapter.num_classes or 10) > 10:
+        return None
+    from fastunlearn.zoo import load_classifier
+
+    return load_classifier(device=str(adapter.device))
+
+
+def evaluate(adapter: Any, cfg: UnlearnConfig, forget_classes: list[int], judge: Any) -> dict[str, Any]:
+    """Forget/retain generation accuracy (or the unconditional share of the forgotten classes), judged by
+    ``judge`` on DDIM samples drawn from the seeded noise ``cfg.eval_seed`` — the same noise before and
+    after — plus the first 8 images per class for the report grid.
+    """
+    from fastunlearn.eval.classifier import generation_accuracy, unconditional_class_share
+
+    shown: dict[Any, list[torch.Tensor]] = {}
+
+    def sample_fn(n: int, class_labels: torch.Tensor | None, generator: torch.Generator | None = None):
+        images = adapter.generate(n, class_labels, steps=cfg.eval_steps, generator=generator)
+        keys = class_labels.tolist() if class_labels is not None else ["∅"] * n
+        for key, img in zip(keys, images):
+            if len(shown.setdefault(key, [])) < 8:
+                shown[key].append(img)
+        return images
+
+    gen = torch.Generator().manual_seed(cfg.eval_seed)
+    started = time.perf_counter()
+    if cfg.unconditional:
+        res = unconditional_class_share(sample_fn, judge, cfg.eval_unconditional, forget_classes, generator=gen)
+        out = {"kind": "unconditional", "forget_share": res["share_of_classes"], "detail": res,
+               "headline": ["forget_share"]}
+    else:
+        classes = list(range(adapter.num_classes))
+        res = generation_accuracy(sample_fn, judge, classes, cfg.eval_per_class, generator=gen)
+        acc = res["accuracy_by_class"]
+        retained = [c for c in classes if c not in forget_classes]
+        out = {"kind": "conditional", "detail": res,
+               "forget_accuracy": sum(acc[c] for c in forget_classes) / len(forget_classes),
+               "retain_accuracy": sum(acc[c] for c in retained) / max(len(retained), 1),
+               "headline": ["forget_accuracy", "retain_accuracy"]}
+    out["wall_s"] = time.perf_counter() - started
+    out["images"] = {k: torch.stack(v) for k, v in shown.items()}
+    return out
+
+
+def _jsonable(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    if metrics is None:
+        return None
+    return json.loads(json.dumps({k: v for k, v in metrics.items() if k != "images"}, default=str))
+
+
+def _prepare(cfg: UnlearnConfig):
+    """Load and check everything (model, data, method) — raises before any file is written."""
+    from fastunlearn.data.selection import select_forget_retain
+    from fastunlearn.engine import SampleSet, prepare_model, resolve_device
+    from fastunlearn.methods import base as methods
+    from fastunlearn.models.ddpm import load_adapter
+
+    device = resolve_device(cfg.device)
+    adapter = load_adapter(cfg.model)
+    c, h, w = adapter.image_shape
+    if cfg.unconditional and adapter.conditional and adapter.null_label is None:
+        raise UserInputError("--unconditional needs a model with a null class (or no class embedding at all)")
+    sets = select_forget_retain(cfg.forget, cfg.retain, image_size=h, channels=c)
+    adapter.check_images(sets.forget_images, "forget images")
+    adapter.check_images(sets.retain_images, "retain images")
+    adapter.check_labels(sets.forget_labels[sets.forget_labels >= 0], "forget labels")
+    adapter.check_labels(sets.retain_labels[sets.retain_labels >= 0], "retain labels")
+
+    def labels_for(labels: torch.Tensor, side: str) -> torch.Tensor:
+        # Unlabelled images (a plain folder) are seen through the null class: what the model draws unprompted.
+        if adapter.conditional and bool((labels < 0).any()):
+            if adapter.null_label is None:
+                raise UserInputError(
+                    f"the {side} images have no class labels and this conditional model has no null class: "
+                    f"put them in sub-folders named by class (e.g. {side}/3/img.png)"
+                )
+            return torch.where(labels < 0, torch.full_like(labels, adapter.null_label), labels)
+        return labels
+
+    forget = SampleSet(sets.forget_images, labels_for(sets.forget_labels, "forget"))
+    retain = SampleSet(sets.retain_images, labels_for(sets.retain_labels, "retain"))
+    prepare_model(adapter, device, cfg.compile)
+    method = methods.get(cfg.method)()
+    method.setup(adapter, methods.MethodConfig(
+        lr=float(cfg.lr), options=methods.parse_options(cfg.method, cfg.options),
+        forget_classes=tuple(sets.forget_classes), retain_classes=tuple(sets.retain_classes),
+        unconditional=cfg.unconditional, scope=cfg.scope,
+    ))
+    judge = _judge(adapter) if cfg.evaluate else None
+    if cfg.evaluate and cfg.unconditional and not sets.forget_classes:
+        raise UserInputError("--unconditional evaluation needs a labelled forget set (e.g. class:0)")
+    return adapter, method, forget, retain, sets, judge
+
+
+def _check_out_dir(out_dir: Path, resume: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserInputError(f"output path {out_dir} exists and is a file")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not any((out_dir / m).exists() for m in _OUTPUT_MARKERS):
+        raise UserInputError(f"output directory {out_dir} exists and is not a fastunlearn output; choose another --out")
+    if resume and not (_partial_dir(out_dir) / "checkpoints").is_dir():
+        raise UserInputError(
+            f"nothing to resume for {out_dir}: no checkpoints in {_partial_dir(out_dir)} "
+            "(run with --checkpoint-every N first)"
+        )
+
+
+def _move_into_place(work: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by the finished ``work`` dir; the old output is deleted only after the swap."""
+    old = out_dir.parent / f".{out_dir.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    work.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_config(cfg: UnlearnConfig, on_step=None) -> UnlearnResult:
+    """Run a job described by an :class:`UnlearnConfig` (see :func:`run`)."""
+    from fastunlearn.engine import LoopSettings, train
+    from fastunlearn.eval.grids import save_class_grid
+
+    cfg = cfg.resolved()
+    out_dir = Path(cfg.out_dir).expanduser().resolve()
+    _check_out_dir(out_dir, cfg.resume)
+    adapter, method, forget, retain, sets, judge = _prepare(cfg)
+    work = _partial_dir(out_dir)
+    if not cfg.resume:
+        shutil.rmtree(work, ignore_errors=True)  # a stale partial run that was not resumed
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(cfg.to_yaml())
+    started = time.perf_counter()
+
+    before = None
+    if judge is not None:
+        cached = work / "eval_before.pt"  # resume must not pay for (or change) the base model's evaluation
+        before = torch.load(cached, weights_only=False) if cfg.resume and cached.is_file() else None
+        if before is None:
+            before = evaluate(adapter, cfg, sets.forget_classes, judge)
+            torch.save(before, cached)
+    settings = LoopSettings(
+        steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, precision=cfg.precision,
+        checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=cfg.progress,
+        resume=cfg.resume, fingerprint=cfg.fingerprint(),
+    )
+    loop = train(adapter, method, forget, retain, settings, work, on_step=on_step)
+    method.finalize()
+    adapter.unet.eval()
+    after = evaluate(adapter, cfg, sets.forget_classes, judge) if judge is not None else None
+
+    adapter.save_pretrained(work)
+    paths = {"model": out_dir, "config": out_dir / "config.yaml", "metrics": out_dir / "metrics.json",
+             "metrics_jsonl": out_dir / "metrics.jsonl"}
+    for name, res in (("before", before), ("after", after)):
+        if res is not None:
+            save_class_grid(res["images"], work / f"samples_{name}.png",
+                            title=f"{name} unlearning {cfg.forget}" + (" (unconditional)" if cfg.unconditional else ""))
+            paths[f"samples_{name}"] = out_dir / f"samples_{name}.png"
+    train_info = {"steps": loop.steps, "resumed_from": loop.resumed_from, "train_wall_s": loop.wall_s,
+                  "steps_per_s": (loop.steps - loop.resumed_from) / max(loop.wall_s, 1e-9),
+                  "last_metrics": loop.last_metrics, "job_wall_s": time.perf_counter() - started}
+    summary = {"forget": sets.description, "model": cfg.model, "method": cfg.method,
+               "options": cfg.options, "before": _jsonable(before), "after": _jsonable(after), "train": train_info}
+    (work / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    (work / "eval_before.pt").unlink(missing_ok=True)
+    _move_into_place(work, out_dir)
+    return UnlearnResult(adapter=adapter, config=cfg, out_dir=out_dir, metrics_before=_jsonable(before),
+                         metrics_after=_jsonable(after), train=train_info, paths=paths)
+
+
+def run(
+    model: str = "zoo:digits-ddpm",
+    forget: Any = "class:0",
+    retain: Any = None,
+    method: str = "erasediff",
+    steps: int | None = None,
+    out_dir: str | Path = "fastunlearn-out",
+    **options: Any,
+) -> UnlearnResult:
+    """Make ``model`` forget ``forget`` with ``method`` and write the result to ``out_dir``.
+
+    ``options`` are any other :class:`UnlearnConfig` keys (``batch_size``, ``lr``, ``seed``, ``unconditional``,
+    ``evaluate``, ``checkpoint_every``, ``resume``, ``device``, ``precision``, ``compile``, ...) or the method's
+    options (EraseDiff: ``target``, ``lambda_rule``, ``eta``, ``inner_steps``, ``ema_decay``, ...).
+
+    >>> result = fastunlearn.run(forget="class:0", steps=100, out_dir="out")
+    >>> result.metrics_after["forget_accuracy"]
+    """
+    values = {"model": model, "forget": forget, "retain": retain, "method": method, "steps": steps,
+              "out_dir": str(out_dir), **options}
+    return run_config(UnlearnConfig.from_dict(values))
+
+
+__all__ = ["run", "run_config", "evaluate", "UnlearnResult"]

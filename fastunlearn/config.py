@@ -1,0 +1,181 @@
+"""``UnlearnConfig``: one unlearning job's settings, from keyword arguments, a dict, YAML or CLI flags.
+
+Precedence (lowest first): the defaults here (and the method's own defaults for ``steps``, ``batch_size``
+and ``lr``), a YAML file, explicit arguments. :meth:`UnlearnConfig.validate` checks everything that can be
+checked without loading the model and raises :class:`~fastunlearn.errors.UserInputError` naming the key,
+the bad value and what is allowed. Method options (e.g. EraseDiff's ``lambda_rule``) may be given flat or
+under ``options:``; they are validated by the method's ``Options`` dataclass.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from fastunlearn.errors import UserInputError
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class UnlearnConfig:
+    """Everything one ``fastunlearn.run`` needs; ``config.yaml`` in the output holds it to rerun the job."""
+
+    model: str = "zoo:digits-ddpm"  #: zoo:NAME, a local diffusers directory or a hub id
+    forget: Any = "class:0"  #: selector: ``class:C[,C]``, ``index:I[,I]``, a list of indices, or an image folder
+    retain: Any = None  #: selector; default: the rest of the digits train split
+    method: str = "erasediff"
+    steps: int | None = None  #: None: the method's default
+    batch_size: int | None = None  #: rows per side (forget and retain) per step; None: the method's default
+    lr: float | None = None  #: None: the method's default
+    seed: int = 0
+    out_dir: str = "fastunlearn-out"
+    unconditional: bool = False  #: forget the class from the model's unconditional (null-label) generations
+    evaluate: bool = True  #: measure before and after with the shipped classifier
+    eval_per_class: int = 100  #: class-conditional generations per class, per evaluation
+    eval_unconditional: int = 1000  #: unconditional generations per evaluation (``unconditional=True``)
+    eval_steps: int = 20  #: DDIM steps of the evaluation sampler
+    eval_seed: int = 1234  #: the evaluation's noise seed (the same noise before and after)
+    checkpoint_every: int = 0  #: steps between checkpoints (0: only with resume in mind, none)
+    resume: bool = False  #: continue the run of ``out_dir`` from its latest checkpoint
+    log_every: int = 10  #: steps between metric reads (progress bar, metrics.jsonl)
+    device: str = "auto"
+    precision: str = "fp32"  #: fp32, or bf16 autocast with fp32 master weights
+    compile: bool = False  #: torch.compile the model
+    scope: str = "all"  #: which parameters train: all, attention
+    progress: bool = True
+    options: dict[str, Any] = field(default_factory=dict)  #: method options
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], base: "UnlearnConfig | None" = None) -> "UnlearnConfig":
+        """Build (or update ``base``) from a mapping; unknown keys that are not method options are errors."""
+        if not isinstance(values, Mapping):
+            raise UserInputError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
+        current = dataclasses.asdict(base) if base is not None else {}
+        current.setdefault("options", {})
+        options = dict(current["options"])
+        names = set(cls.field_names())
+        if "out" in values and "out_dir" not in values:  # the CLI's spelling
+            values = {("out_dir" if k == "out" else k): v for k, v in values.items()}
+        method = values.get("method", current.get("method", cls.method))
+        loose: dict[str, Any] = {}
+        for key, value in values.items():
+            if key == "options":
+                if value is None:
+                    continue
+                if not isinstance(value, Mapping):
+                    raise UserInputError(f"config key 'options' must be a mapping, got {value!r}")
+                options.update(value)
+            elif key in names:
+                current[key] = value
+            else:
+                loose[key] = value
+        if loose:
+            from fastunlearn.methods import base as methods
+
+            known = set(methods.option_names(method))
+            unknown = sorted(k for k in loose if k not in known)
+            if unknown:
+                raise UserInputError(
+                    f"unknown config key {unknown[0]!r}; known keys: {', '.join(cls.field_names())}; "
+                    f"{method} options: {', '.join(sorted(known))}"
+                )
+            options.update(loose)
+        current["options"] = options
+        return cls(**current)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, base: "UnlearnConfig | None" = None) -> "UnlearnConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise UserInputError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise UserInputError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise UserInputError(f"config file {path} must hold a mapping of keys to values")
+        return cls.from_dict(data, base)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if isinstance(d["forget"], tuple):
+            d["forget"] = list(d["forget"])
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # ------------------------------------------------------------------ validation
+    def resolved(self) -> "UnlearnConfig":
+        """A validated copy with the method's defaults filled in and its options normalised."""
+        from fastunlearn.methods import base as methods
+
+        cls = methods.get(self.method)
+        defaults = getattr(cls, "defaults", lambda unconditional: {})(self.unconditional)
+        out = dataclasses.replace(self, options=dict(self.options))
+        for key in ("steps", "batch_size", "lr"):
+            if getattr(out, key) is None:
+                setattr(out, key, defaults.get(key))
+        out.validate()
+        out.options = dataclasses.asdict(methods.parse_options(self.method, self.options))
+        return out
+
+    def validate(self) -> None:
+        """Check the keys' types and ranges; raise :class:`UserInputError` for the first problem."""
+        from fastunlearn.methods import base as methods
+
+        methods.get(self.method)  # unknown method → error listing the known ones
+        for key in ("steps", "batch_size", "eval_per_class", "eval_unconditional", "eval_steps", "log_every"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserInputError(f"{key} must be a positive integer, got {value!r}")
+        for key in ("seed", "eval_seed", "checkpoint_every"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise UserInputError(f"{key} must be an integer >= 0, got {value!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise UserInputError(f"lr must be a positive number, got {self.lr!r}")
+        for key in ("unconditional", "evaluate", "resume", "compile", "progress"):
+            if not isinstance(getattr(self, key), bool):
+                raise UserInputError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        if self.precision not in PRECISIONS:
+            raise UserInputError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if not isinstance(self.model, str) or not self.model:
+            raise UserInputError(f"model must be a zoo name, a directory or a hub id, got {self.model!r}")
+        if not isinstance(self.out_dir, (str, Path)) or not str(self.out_dir):
+            raise UserInputError(f"out_dir must be a path, got {self.out_dir!r}")
+        if not isinstance(self.options, Mapping):
+            raise UserInputError(f"options must be a mapping, got {self.options!r}")
+        methods.parse_options(self.method, self.options)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a checkpoint must share with the run resuming it (``steps`` may grow on resume)."""
+        keys = ("model", "forget", "retain", "method", "batch_size", "lr", "seed", "unconditional",
+                "precision", "scope", "options")
+        d = self.to_dict()
+        return {k: d[k] for k in keys}
+
+
+def parse_option_pairs(pairs: list[str] | None) -> dict[str, str]:
+    """``["key=value", ...]`` (the CLI's ``--option``) → a dict; values are converted by the method."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserInputError(f"--option expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+__all__ = ["UnlearnConfig", "parse_option_pairs", "PRECISIONS"]

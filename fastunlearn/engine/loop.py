@@ -1,0 +1,205 @@
+"""The training loop: device, precision, compile, deterministic batches, progress, logs, checkpoints, resume.
+
+Determinism: step s draws its forget and retain batch indices — and the method draws its timesteps, noise
+and pseudo-labels — from one CPU generator seeded by :func:`step_seed` (seed, s). Nothing carries over from
+step to step except the model and the method's state, both of which are checkpointed, so a run resumed from
+the checkpoint of step k is bitwise the uninterrupted run on the same device and thread count.
+
+Host syncs: the method returns device tensors; the loop adds them to device-side sums and reads them only
+every ``log_every`` steps (progress bar and JSONL line), so a CUDA step never waits on the host.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from fastunlearn.engine import checkpoint as ckpt
+from fastunlearn.errors import UserInputError
+from fastunlearn.methods.base import Batch
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class SampleSet:
+    """Clean samples the loop draws batches from (already checked against the model by the API)."""
+
+    images: torch.Tensor  #: ``[N, C, H, W]`` in [-1, 1], on the CPU
+    labels: torch.Tensor  #: ``[N]`` int64
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass
+class LoopSettings:
+    """How the loop runs (everything that is not the method)."""
+
+    steps: int
+    batch_size: int  #: rows per side: the step sees ``batch_size`` forget + ``batch_size`` retain rows
+    seed: int = 0
+    precision: str = "fp32"
+    checkpoint_every: int = 0  #: 0 disables checkpoints
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    progress: bool = True
+    resume: bool = False
+    #: Training-relevant settings stored in checkpoints; resume refuses a checkpoint whose fingerprint differs.
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoopResult:
+    steps: int  #: the step count reached
+    resumed_from: int  #: the checkpoint step resumed from (0 for a fresh run)
+    wall_s: float  #: wall time of this invocation's steps
+    last_metrics: dict[str, float]
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserInputError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"device {device!r} was asked for but CUDA is not available")
+    return dev
+
+
+def prepare_model(adapter: Any, device: torch.device, compile: bool = False) -> Any:
+    """Move the adapter's model to ``device`` (fp32 master weights) and optionally ``torch.compile`` it."""
+    # fp32 master weights; `.to(dtype)` only when needed (diffusers warns on a no-op dtype cast).
+    if any(p.dtype != torch.float32 for p in adapter.unet.parameters()):
+        adapter.unet.to(dtype=torch.float32)
+    adapter.unet.to(device=device)
+    adapter.unet.train()
+    if compile:
+        adapter.unet = torch.compile(adapter.unet)
+    return adapter
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step ``step``'s generator: a fixed mix of (seed, step) in [0, 2⁶³)."""
+    return (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise UserInputError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+
+
+def _batch(data: SampleSet, n: int, generator: torch.Generator) -> Batch:
+    idx = torch.randint(0, len(data), (n,), generator=generator)
+    return Batch(images=data.images[idx], labels=data.labels[idx], generator=generator)
+
+
+def _trim_jsonl(path: Path, last_step: int) -> None:
+    """Drop log lines past the resumed step, so the resumed log reads like an uninterrupted one."""
+    if not path.is_file():
+        return
+    kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
+    path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def train(
+    adapter: Any,
+    method: Any,
+    forget: SampleSet,
+    retain: SampleSet,
+    settings: LoopSettings,
+    work_dir: Path,
+    on_step: Callable[[int], None] | None = None,
+) -> LoopResult:
+    """Run ``settings.steps`` method steps; checkpoints in ``work_dir/checkpoints``, logs in ``work_dir/metrics.jsonl``.
+
+    ``on_step(step)`` is called after each completed step (and its checkpoint): a hook for callers and for
+    the crash tests.
+    """
+    if settings.steps <= 0:
+        raise UserInputError(f"steps must be > 0, got {settings.steps}")
+    if len(forget) == 0 or len(retain) == 0:
+        raise UserInputError(f"need non-empty forget and retain sets, got {len(forget)} and {len(retain)} samples")
+    device = adapter.device
+    autocast = _autocast(device, settings.precision)
+    work_dir = Path(work_dir)
+    ckpt_dir = work_dir / "checkpoints"
+    log_path = work_dir / "metrics.jsonl"
+    start_step = 0
+    if settings.resume:
+        latest = ckpt.latest_checkpoint(ckpt_dir)
+        if latest is None:
+            raise UserInputError(f"nothing to resume: no checkpoint in {ckpt_dir}")
+        state = ckpt.load_checkpoint(latest)
+        if state.get("fingerprint") != settings.fingerprint:
+            diff = sorted(k for k in set(state.get("fingerprint", {})) | set(settings.fingerprint)
+                          if state.get("fingerprint", {}).get(k) != settings.fingerprint.get(k))
+            raise UserInputError(f"cannot resume from {latest}: the run's settings differ in {', '.join(diff)}")
+        adapter.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+        ckpt.set_rng_state(state["rng"])
+        start_step = int(state["step"])
+        _trim_jsonl(log_path, start_step)
+    else:
+        torch.manual_seed(settings.seed)
+        log_path.unlink(missing_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    last: dict[str, float] = {}
+    t_start = time.perf_counter()
+    t_log, step_log = t_start, start_step
+    bar = tqdm(total=settings.steps, initial=start_step, disable=not settings.progress, desc="unlearn",
+               dynamic_ncols=True, leave=True)
+    try:
+        with log_path.open("a") as log:
+            for step in range(start_step + 1, settings.steps + 1):
+                gen = torch.Generator().manual_seed(step_seed(settings.seed, step))
+                fb = _batch(forget, settings.batch_size, gen)
+                rb = _batch(retain, settings.batch_size, gen)
+                with autocast:
+                    metrics = method.step(fb, rb)
+                for k, v in metrics.items():
+                    v = v.detach().float()
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                count += 1
+                bar.update(1)
+                if step % settings.log_every == 0 or step == settings.steps:
+                    keys = list(sums)
+                    values = torch.stack([sums[k] for k in keys]).cpu().tolist()  # the one host sync
+                    now = time.perf_counter()
+                    last = {k: v / count for k, v in zip(keys, values)}
+                    record = {"step": step, **last, "steps_per_s": (step - step_log) / max(now - t_log, 1e-9),
+                              "elapsed_s": now - t_start}
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    bar.set_postfix({"L_f": f"{last.get('loss_forget', 0):.4f}", "L_r": f"{last.get('loss_retain', 0):.4f}",
+                                     "λ": f"{last.get('lambda', 0):.3f}", "it/s": f"{record['steps_per_s']:.2f}"})
+                    sums, count, t_log, step_log = {}, 0, now, step
+                if settings.checkpoint_every > 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
+                    ckpt.save_checkpoint(ckpt_dir, step, {
+                        "step": step, "model": adapter.state_dict(), "method": method.state_dict(),
+                        "rng": ckpt.rng_state(), "fingerprint": settings.fingerprint,
+                    }, keep=settings.keep_checkpoints)
+                if on_step is not None:
+                    on_step(step)
+    finally:
+        bar.close()
+    return LoopResult(steps=settings.steps, resumed_from=start_step, wall_s=time.perf_counter() - t_start,
+                      last_metrics=last)
+
+
+__all__ = ["SampleSet", "LoopSettings", "LoopResult", "train", "prepare_model", "resolve_device", "step_seed", "PRECISIONS"]

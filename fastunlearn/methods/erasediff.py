@@ -1,0 +1,221 @@
+"""EraseDiff (Wu, Le, Hayat, Harandi; arXiv 2401.05779, CVPR 2025): unlearning as a bi-level problem.
+
+    min_θ L_r(θ)   s.t.   q(θ) = L_f(θ) − min_φ L_f(φ) ≤ 0
+
+- retain (outer) loss  L_r(θ) = E_{D_r,t,ε} ‖ε − ε_θ(x_t, t, c)‖²;
+- forget (inner) loss  L_f(θ) = E_{D_f,t} ‖ε_f − ε_θ(x_t, t, c_f)‖², with the target ε_f
+  ``pseudo_label`` (default, the authors' current code): ε_f = sg(ε_θ(x_t, t, c′)), c′ drawn per sample from
+  the retained classes; ``uniform`` (the paper's first variant): u ~ U[0,1) noises the forget image,
+  x_t = √ᾱ_t x₀ + √(1−ᾱ_t) u, and is the target.
+
+Solved first-order (BOME, Liu et al., NeurIPS 2022). θ is both the outer and the inner variable, so
+min_φ L_f(φ) is a constant and ∇q = ∇L_f; the update is θ ← Adam(∇L_r + λ ∇L_f) with, per ``lambda_rule``:
+
+- ``bome``   λ = max(0, η − ⟨∇L_r, ∇L_f⟩ / ‖∇L_f‖²)   (the paper; default)
+- ``cosine`` λ = max(0, η − cos(∇L_r, ∇L_f))          (the authors' adaptive code)
+- ``fixed``  λ = η                                     (the authors' default, η = 0.1)
+
+One step = ONE forward of the concatenated batch [forget; retain] → both losses from
+:func:`fastunlearn.ops.dual_noise_loss` → two backward passes into two flat gradient buffers → the fused
+:func:`fastunlearn.ops.bilevel_combine` in place → grad-clip → Adam reading ``param.grad`` views of the
+combined buffer. Nothing in a step reads a value on the host.
+
+``inner_steps=K`` runs K Adam steps on L_f on a scratch copy only to report q̂ = L_f(θ) − L_f(θ_K) (under
+the BOME rule they do not change the update; see METHODS.md). ``unconditional=True`` (model with a null
+class): the forget images are labelled with the null label, so the *unconditional* branch is pushed to the
+model's own prediction under a retained label and stops drawing the forgotten class.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from fastunlearn.errors import UserInputError
+from fastunlearn.methods.base import Batch, MethodConfig, register
+from fastunlearn.ops import FlatGrads, bilevel_combine, dual_noise_loss
+
+TARGETS = ("pseudo_label", "uniform")
+LAMBDA_RULES = ("bome", "cosine", "fixed")
+
+
+@dataclass(frozen=True)
+class EraseDiffOptions:
+    """EraseDiff's options (``fastunlearn run --option key=value`` or ``run(..., key=value)``)."""
+
+    target: str = "pseudo_label"  #: forget target: ``pseudo_label`` or ``uniform``
+    lambda_rule: str = "bome"  #: λ rule: ``bome``, ``cosine`` or ``fixed``
+    eta: float = 0.1  #: η of the λ rule (the constant λ under ``fixed``)
+    grad_clip: float = 1.0  #: max global norm of the combined gradient (≤ 0 disables)
+    ema_decay: float = 0.0  #: EMA of the weights (0 disables); the saved model is the EMA when on
+    inner_steps: int = 0  #: K scratch Adam steps on L_f to report q̂ (0: skip, the update is the same)
+    retain_null_prob: float = 0.5  #: unconditional mode: share of retain rows relabelled null (keeps ∅ working)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+
+    def validate(self) -> None:
+        if self.target not in TARGETS:
+            raise UserInputError(f"unknown erasediff target {self.target!r}; expected one of {', '.join(TARGETS)}")
+        if self.lambda_rule not in LAMBDA_RULES:
+            raise UserInputError(
+                f"unknown erasediff lambda_rule {self.lambda_rule!r}; expected one of {', '.join(LAMBDA_RULES)}"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserInputError(f"erasediff ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.inner_steps < 0:
+            raise UserInputError(f"erasediff inner_steps must be >= 0, got {self.inner_steps}")
+        if not 0.0 <= self.retain_null_prob <= 1.0:
+            raise UserInputError(f"erasediff retain_null_prob must be in [0, 1], got {self.retain_null_prob}")
+
+
+@register("erasediff")
+class EraseDiff:
+    """The EraseDiff update rule over any Adapter (see the module docstring for the formulas)."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type] = EraseDiffOptions
+
+    @staticmethod
+    def defaults(unconditional: bool = False) -> dict[str, Any]:
+        """Run defaults tuned on the shipped digits DDPM (measured figures: docs/architecture.md)."""
+        if unconditional:
+            return {"steps": 100, "batch_size": 32, "lr": 2e-4}
+        return {"steps": 100, "batch_size": 32, "lr": 2e-4}
+
+    def setup(self, adapter: Any, config: MethodConfig) -> None:
+        opts: EraseDiffOptions = config.options
+        self.adapter, self.opts, self.unconditional = adapter, opts, config.unconditional
+        if opts.target == "pseudo_label":
+            if not adapter.conditional:
+                raise UserInputError(
+                    "target 'pseudo_label' needs a class-conditional model; this model has no class embedding "
+                    "— use --option target=uniform"
+                )
+            retained = [c for c in range(adapter.num_classes) if c not in set(config.forget_classes)]
+            if config.retain_classes:
+                retained = [c for c in config.retain_classes if c not in set(config.forget_classes)]
+            if not retained:
+                raise UserInputError("target 'pseudo_label' needs at least one retained class to borrow a label from")
+            self._pseudo_classes = torch.tensor(sorted(set(retained)), dtype=torch.long)
+        if self.unconditional and adapter.conditional and adapter.null_label is None:
+            raise UserInputError("--unconditional on a class-conditional model needs a null class; this model has none")
+        # Only the scope trains: frozen parameters must not accumulate gradients outside the flat buffer.
+        for p in adapter.unet.parameters():
+            p.requires_grad_(False)
+        self.params = adapter.parameters(config.scope)
+        for p in self.params:
+            p.requires_grad_(True)
+        self.flat = FlatGrads(self.params)
+        self.g_forget = self.flat.new_buffer()
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, betas=(opts.adam_beta1, opts.adam_beta2))
+        self.ema = [p.detach().clone() for p in self.params] if opts.ema_decay > 0 else None
+
+    # ------------------------------------------------------------------ the step
+    def _forget_inputs(self, batch: Batch):
+        """Noised forget batch, the labels the model sees for it, and the target ε_f (no grad)."""
+        a = self.adapter
+        labels = batch.labels
+        if self.unconditional and a.conditional:
+            labels = torch.full_like(labels, a.null_label)
+        if self.opts.target == "uniform":
+            u = torch.rand(batch.images.shape, generator=batch.generator)
+            nb = a.noised_batch(batch.images, labels, batch.generator, noise=u)
+            return nb, nb.noise
+        nb = a.noised_batch(batch.images, labels, batch.generator)
+        pick = torch.randint(0, len(self._pseudo_classes), (batch.images.shape[0],), generator=batch.generator)
+        c_prime = self._pseudo_classes[pick].to(a.device)
+        with torch.no_grad():
+            target = a.predict(nb.x_t, nb.t, c_prime)
+        return nb, target
+
+    def _retain_inputs(self, batch: Batch):
+        a = self.adapter
+        labels = batch.labels
+        if self.unconditional and a.conditional and self.opts.retain_null_prob > 0:
+            # Keep the null branch drawing the retained classes while the forget rows reshape it.
+            drop = torch.rand(labels.shape, generator=batch.generator) < self.opts.retain_null_prob
+            labels = torch.where(drop, torch.full_like(labels, a.null_label), labels)
+        return a.noised_batch(batch.images, labels, batch.generator)
+
+    def step(self, forget_batch: Batch, retain_batch: Batch) -> dict[str, torch.Tensor]:
+        f, target_f = self._forget_inputs(forget_batch)
+        r = self._retain_inputs(retain_batch)
+        n_f = f.x_t.shape[0]
+        x = torch.cat([f.x_t, r.x_t])
+        t = torch.cat([f.t, r.t])
+        y = torch.cat([f.labels, r.labels]) if f.labels is not None else None
+        pred = self.adapter.predict(x, t, y)
+        target = torch.cat([target_f, r.noise]).to(pred.dtype)
+        loss_f, loss_r = dual_noise_loss(pred, target, n_f)
+
+        flat = self.flat
+        self.g_forget.zero_()
+        flat.bind(self.g_forget)
+        loss_f.backward(retain_graph=True)  # ∇L_f → g_forget
+        flat.buffer.zero_()
+        flat.bind(flat.buffer)
+        loss_r.backward()  # ∇L_r → the buffer the optimizer reads
+        _, lam, finite = bilevel_combine(flat.buffer, self.g_forget, self.opts.lambda_rule, self.opts.eta, out=flat.buffer)
+        # A non-finite gradient would poison Adam's moments; zero it (no host check) and report `finite`.
+        flat.buffer.masked_fill_(~finite, 0.0)
+        grad_norm = flat.buffer.norm()
+        if self.opts.grad_clip > 0:
+            flat.buffer.mul_((self.opts.grad_clip / (grad_norm + 1e-6)).clamp(max=1.0))
+        self.optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - self.opts.ema_decay)
+        metrics = {"loss_forget": loss_f.detach(), "loss_retain": loss_r.detach(), "lambda": lam,
+                   "grad_norm": grad_norm.detach(), "finite": finite.float()}
+        if self.opts.inner_steps > 0:
+            metrics["q_hat"] = self._q_hat(f, target_f, loss_f.detach())
+        return metrics
+
+    def _q_hat(self, f, target_f: torch.Tensor, loss_f: torch.Tensor) -> torch.Tensor:
+        """q̂ = L_f(θ) − L_f(θ_K), θ_K after K Adam steps on L_f from a scratch copy (the live state is untouched).
+
+        Measured on this step's forget rows (after the update: θ here is the just-updated weights, and
+        L_f(θ) is re-evaluated on them for a like-for-like difference).
+        """
+        del loss_f
+        scratch = copy.deepcopy(getattr(self.adapter.unet, "_orig_mod", self.adapter.unet))
+        params = [p for p in scratch.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=self.optimizer.param_groups[0]["lr"])
+        labels = f.labels if self.adapter.conditional else None
+
+        def forget_loss() -> torch.Tensor:
+            pred = scratch(f.x_t, f.t, class_labels=labels).sample
+            return dual_noise_loss(pred, target_f.to(pred.dtype), pred.shape[0])[0]
+
+        with torch.no_grad():
+            start = forget_loss()
+        for _ in range(self.opts.inner_steps):
+            opt.zero_grad(set_to_none=True)
+            forget_loss().backward()
+            opt.step()
+        with torch.no_grad():
+            return (start - forget_loss()).detach()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "ema": [e.clone() for e in self.ema] if self.ema else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise UserInputError("the checkpoint has no EMA weights but this run uses ema_decay > 0")
+            for e, saved in zip(self.ema, state["ema"]):
+                e.copy_(saved)
+
+    def finalize(self) -> None:
+        """Leave the model holding the weights to save: the EMA when on."""
+        if self.ema is not None:
+            with torch.no_grad():
+                for p, e in zip(self.params, self.ema):
+                    p.copy_(e)
+
+
+__all__ = ["EraseDiff", "EraseDiffOptions", "TARGETS", "LAMBDA_RULES"]

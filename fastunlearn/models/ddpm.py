@@ -1,0 +1,302 @@
+"""``DDPMAdapter``: the Adapter contract over a pixel-space diffusers ``UNet2DModel`` + ``DDPMScheduler``.
+
+Methods speak only to this interface (ARCHITECTURE.md, "The contracts that matter"):
+
+- :meth:`DDPMAdapter.parameters` — the trainable parameters of a scope (``all`` or ``attention``);
+- :meth:`DDPMAdapter.noised_batch` — x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε with t ~ U{0..T−1} (Ho et al., 2020),
+  every random draw taken from the caller's CPU ``torch.Generator`` so a run depends only on its seeds;
+- :meth:`DDPMAdapter.predict` — ε_θ(x_t, t, c) (epsilon prediction);
+- :meth:`DDPMAdapter.generate` — DDIM samples for evaluation (:func:`fastunlearn.models.sampling.ddim_sample`);
+- :meth:`DDPMAdapter.save_pretrained` — a ``DDPMPipeline`` directory that diffusers loads back.
+
+Class-conditional models may carry a *null* class (the label used for unconditional generation when the
+model was trained with class dropout, as the zoo's digits DDPM is). Diffusers' configs do not record it,
+so it is read from ``fastunlearn.json`` (written by :meth:`save_pretrained`) or the zoo's ``training.json``,
+or given explicitly; it is always the last embedding, and the real classes are ``0 .. num_classes−1``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from fastunlearn.errors import UserInputError
+
+#: Sidecar written next to ``model_index.json``: what diffusers' configs cannot say (the null label).
+SIDECAR = "fastunlearn.json"
+_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+SCOPES = ("all", "attention")
+
+
+@dataclass
+class NoisedBatch:
+    """One training batch in the forward-diffusion space: the model input and what it should predict."""
+
+    x_t: torch.Tensor  #: noised images ``[N, C, H, W]``
+    t: torch.Tensor  #: timesteps ``[N]`` (int64)
+    noise: torch.Tensor  #: the ε that produced ``x_t`` (the epsilon-prediction target)
+    labels: torch.Tensor | None  #: class labels ``[N]`` or None for an unconditional model
+
+
+class DDPMAdapter:
+    """A ``UNet2DModel`` (ε-prediction) with its ``DDPMScheduler``, seen through the Adapter contract.
+
+    Args:
+        unet: the denoiser; conditional when ``unet.config.num_class_embeds`` is set.
+        scheduler: its training noise schedule; default: diffusers' DDPM default (1000 steps, linear β).
+        null_label: the unconditional class of a conditional model (the last embedding), or None.
+    """
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler | None = None, null_label: int | None = None):
+        if not isinstance(unet, UNet2DModel):
+            raise UserInputError(f"DDPMAdapter needs a diffusers UNet2DModel, got {type(unet).__name__}")
+        scheduler = scheduler if scheduler is not None else DDPMScheduler()
+        prediction = scheduler.config.get("prediction_type", "epsilon")
+        if prediction != "epsilon":
+            raise UserInputError(f"only epsilon-prediction DDPMs are supported; this scheduler predicts {prediction!r}")
+        self.unet = unet
+        self.scheduler = scheduler
+        embeds = unet.config.get("num_class_embeds")
+        self.num_class_embeds: int | None = int(embeds) if embeds is not None else None
+        if null_label is not None:
+            if self.num_class_embeds is None:
+                raise UserInputError("null_label was given but the UNet has no class embedding")
+            if null_label != self.num_class_embeds - 1:
+                raise UserInputError(
+                    f"null_label must be the last class embedding ({self.num_class_embeds - 1}), got {null_label}"
+                )
+        self.null_label = null_label
+        alphas = scheduler.alphas_cumprod.detach().to(torch.float32)
+        self._sqrt_ab = alphas.sqrt()
+        self._sqrt_1mab = (1.0 - alphas).sqrt()
+
+    # ------------------------------------------------------------------ description
+    @property
+    def conditional(self) -> bool:
+        return self.num_class_embeds is not None
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of real classes (the null class excluded), or None for an unconditional model."""
+        if self.num_class_embeds is None:
+            return None
+        return self.num_class_embeds - (1 if self.null_label is not None else 0)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` the UNet takes."""
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return int(self.unet.config.in_channels), int(h), int(w)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device: torch.device | str) -> "DDPMAdapter":
+        self.unet.to(device)
+        return self
+
+    def check_images(self, images: torch.Tensor, what: str = "images") -> None:
+        """Raise a :class:`UserInputError` naming expected vs got when ``images`` do not fit the UNet."""
+        c, h, w = self.image_shape
+        if images.dim() != 4 or tuple(images.shape[1:]) != (c, h, w):
+            got = "×".join(str(s) for s in images.shape[1:]) if images.dim() == 4 else f"shape {tuple(images.shape)}"
+            raise UserInputError(
+                f"{what} do not fit the model: expected {c}×{h}×{w} (channels×height×width), got {got}"
+            )
+
+    def check_labels(self, labels: torch.Tensor, what: str = "labels") -> None:
+        """Raise a :class:`UserInputError` when class labels fall outside the model's real classes."""
+        if self.num_classes is None or labels.numel() == 0:
+            return
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= self.num_classes:
+            raise UserInputError(
+                f"{what} contain class {hi if hi >= self.num_classes else lo} but the model knows classes 0–{self.num_classes - 1}"
+            )
+
+    # ------------------------------------------------------------------ the Adapter contract
+    def parameters(self, scope: str = "all") -> list[torch.nn.Parameter]:
+        """Trainable parameters of ``scope``: ``all``, or ``attention`` (the attention blocks only)."""
+        if scope == "all":
+            return list(self.unet.parameters())
+        if scope == "attention":
+            params = [p for n, p in self.unet.named_parameters() if ".attentions." in n]
+            if not params:
+                raise UserInputError("scope 'attention' selects nothing: this UNet has no attention blocks")
+            return params
+        raise UserInputError(f"unknown parameter scope {scope!r}; expected one of {', '.join(SCOPES)}")
+
+    def noised_batch(
+        self,
+        x0: torch.Tensor,
+        labels: torch.Tensor | None,
+        generator: torch.Generator,
+        noise: torch.Tensor | None = None,
+    ) -> NoisedBatch:
+        """Forward-diffuse clean samples: t ~ U{0..T−1}, ε ~ N(0, I) (or the given ``noise``).
+
+        Draws happen on the CPU from ``generator`` and are then moved to the model's device, so the batch
+        is the same on every device for the same generator state.
+        """
+        n = x0.shape[0]
+        t = torch.randint(0, self.num_train_timesteps, (n,), generator=generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
+        device = self.device
+        t, noise, x0 = t.to(device), noise.to(device), x0.to(device=device, dtype=torch.float32)
+        shape = (n,) + (1,) * (x0.dim() - 1)
+        a = self._sqrt_ab.to(device)[t].view(shape)
+        s = self._sqrt_1mab.to(device)[t].view(shape)
+        y = labels.to(device) if (labels is not None and self.conditional) else None
+        return NoisedBatch(x_t=a * x0 + s * noise, t=t, noise=noise, labels=y)
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """ε_θ(x_t, t, c): the UNet's noise prediction (labels ignored for an unconditional model)."""
+        return self.unet(x_t, t, class_labels=labels if self.conditional else None).sample
+
+    @torch.no_grad()
+    def generate(
+        self,
+        n: int,
+        class_labels: torch.Tensor | Sequence[int] | int | None = None,
+        steps: int = 50,
+        generator: torch.Generator | None = None,
+        batch_size: int = 256,
+        guidance_scale: float = 1.0,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """``n`` DDIM samples (eta 0), float32 ``[n, C, H, W]`` on the CPU in [-1, 1].
+
+        ``class_labels=None`` on a conditional model samples the null class (unconditional generation).
+        """
+        from fastunlearn.models.sampling import ddim_sample
+
+        if self.conditional and class_labels is None and self.null_label is None:
+            raise UserInputError("unconditional generation needs a null class, and this conditional model has none")
+        return ddim_sample(
+            self.unet, self.scheduler, n, class_labels=class_labels, steps=steps, guidance_scale=guidance_scale,
+            null_label=self.null_label, generator=generator, batch_size=batch_size, progress=progress,
+        )
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write a ``DDPMPipeline`` directory (``unet/``, ``scheduler/``, safetensors) plus the sidecar.
+
+        ``UNet2DModel.from_pretrained(directory, subfolder="unet")`` and ``DDPMPipeline.from_pretrained``
+        load it back; :func:`load_adapter` also restores the null label.
+        """
+        directory = Path(directory)
+        unet = getattr(self.unet, "_orig_mod", self.unet)  # a torch.compile wrapper saves as its module
+        DDPMPipeline(unet=unet, scheduler=self.scheduler).save_pretrained(directory, safe_serialization=True)
+        sidecar = {"adapter": "ddpm", "null_label": self.null_label, "num_classes": self.num_classes}
+        (directory / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+        return directory
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return getattr(self.unet, "_orig_mod", self.unet).state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        getattr(self.unet, "_orig_mod", self.unet).load_state_dict(state)
+
+
+# ---------------------------------------------------------------------- loading
+def _read_null_label(directory: Path) -> int | None:
+    """The null label recorded next to the model (our sidecar, or the zoo's training record)."""
+    sidecar = directory / SIDECAR
+    if sidecar.is_file():
+        return json.loads(sidecar.read_text()).get("null_label")
+    record = directory / "training.json"
+    if record.is_file():
+        return json.loads(record.read_text()).get("config", {}).get("null_label")
+    return None
+
+
+def _check_unet_dir(unet_dir: Path, ref: str) -> None:
+    config = unet_dir / "config.json"
+    if not config.is_file():
+        raise UserInputError(
+            f"{ref} is not a diffusers model directory: expected model_index.json with unet/ and scheduler/, "
+            f"or a UNet2DModel directory with config.json"
+        )
+    try:
+        class_name = json.loads(config.read_text()).get("_class_name")
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"{config} is not valid JSON: {exc}") from None
+    if class_name != "UNet2DModel":
+        raise UserInputError(f"{ref}: the DDPM adapter needs a UNet2DModel, but {config} describes {class_name!r}")
+    if not any((unet_dir / name).is_file() for name in _WEIGHT_FILES):
+        raise UserInputError(
+            f"model directory {unet_dir} has no weights: expected {' or '.join(_WEIGHT_FILES)} next to config.json"
+        )
+
+
+def _from_directory(directory: Path, null_label: int | None) -> DDPMAdapter:
+    ref = f"model directory {directory}"
+    if (directory / "unet").is_dir():
+        unet_dir = directory / "unet"
+    elif (directory / "config.json").is_file():
+        unet_dir = directory
+    else:
+        raise UserInputError(
+            f"{ref} is not a diffusers model directory: expected model_index.json with unet/ and scheduler/, "
+            f"or a UNet2DModel directory with config.json"
+        )
+    _check_unet_dir(unet_dir, ref)
+    unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
+    sched_dir = directory / "scheduler"
+    scheduler = DDPMScheduler.from_pretrained(sched_dir) if (sched_dir / "scheduler_config.json").is_file() else None
+    recorded = _read_null_label(directory)
+    return DDPMAdapter(unet, scheduler, null_label if null_label is not None else recorded)
+
+
+def _from_hub(repo_id: str, null_label: int | None) -> DDPMAdapter:
+    try:
+        unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet")
+        scheduler = DDPMScheduler.from_pretrained(repo_id, subfolder="scheduler")
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(
+            f"cannot load model {repo_id!r}: not a local directory, and the hub/cache lookup failed ({first})"
+        ) from None
+    return DDPMAdapter(unet, scheduler, null_label)
+
+
+def load_adapter(model: Any, null_label: int | None = None) -> DDPMAdapter:
+    """An adapter from a ``DDPMAdapter``, a ``UNet2DModel``, a ``DDPMPipeline``, ``"zoo:NAME"``,
+    a local directory (pipeline layout or a bare UNet directory) or a hub id (``"google/ddpm-cifar10-32"``).
+    """
+    if isinstance(model, DDPMAdapter):
+        return model
+    if isinstance(model, UNet2DModel):
+        return DDPMAdapter(model, None, null_label)
+    if isinstance(model, DDPMPipeline):
+        return DDPMAdapter(model.unet, model.scheduler, null_label)
+    if not isinstance(model, (str, Path)):
+        raise UserInputError(
+            f"model must be a zoo name, a directory, a hub id, a UNet2DModel or a DDPMPipeline; got {type(model).__name__}"
+        )
+    ref = str(model)
+    from fastunlearn import zoo
+
+    if ref.startswith("zoo:"):
+        return _from_directory(zoo.resolve(ref), null_label)
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserInputError(f"model path {path} is a file; expected a diffusers model directory")
+        return _from_directory(path, null_label)
+    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
+        return _from_hub(ref, null_label)
+    raise UserInputError(f"model {ref!r} is neither a zoo name (zoo:NAME), an existing directory nor a hub id (org/name)")
+
+
+__all__ = ["DDPMAdapter", "NoisedBatch", "load_adapter", "SCOPES"]
