@@ -41,13 +41,14 @@ def _render_rows(
     scale: int,
     max_per_row: int,
     gap: int,
-    label_width: int,
 ) -> Image.Image:
     tiles = [(label, _to_uint8(imgs[:max_per_row])) for label, imgs in rows]
     h, w = next((t.shape[1:3] for _, t in tiles if t.shape[0] > 0), (16, 16))
     cell_h, cell_w = h * scale, w * scale
     n_cols = max((t.shape[0] for _, t in tiles), default=0)
     font = _font(max(12, cell_h // 2))
+    # Measured with the font actually used, so long labels ("3 before") never touch the tiles.
+    label_width = int(max(font.getlength(label) for label, _ in tiles)) + 3 * gap
     title_h = (cell_h // 2 + 2 * gap) if title else 0
     width = label_width + n_cols * (cell_w + gap) + gap
     height = title_h + len(tiles) * (cell_h + gap) + gap
@@ -89,8 +90,7 @@ def save_class_grid(
     if not images_by_class:
         raise ValueError("save_class_grid needs at least one class of images")
     rows = [(str(k), v) for k, v in images_by_class.items()]
-    label_width = gap + max(len(k) for k, _ in rows) * 8 * max(1, scale // 2) + 2 * gap
-    img = _render_rows(rows, title, scale, max_per_row, gap, label_width)
+    img = _render_rows(rows, title, scale, max_per_row, gap)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
@@ -121,8 +121,7 @@ def save_before_after_grid(
         rows.append((f"{k} after", after_by_class[k]))
     if not rows:
         raise ValueError("save_before_after_grid needs at least one class of images")
-    label_width = gap + max(len(k) for k, _ in rows) * 7 * max(1, scale // 2) + 2 * gap
-    img = _render_rows(rows, title, scale, max_per_row, gap, label_width)
+    img = _render_rows(rows, title, scale, max_per_row, gap)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)

@@ -58,11 +58,11 @@ class DDPMTrainConfig:
     """How ``digits-ddpm`` is trained (recorded verbatim in its ``training.json``)."""
 
     seed: int = 0
-    steps: int = 1600
-    batch_size: int = 128
-    lr: float = 1.5e-3
+    steps: int = 1400
+    batch_size: int = 64
+    lr: float = 2e-3
     weight_decay: float = 0.0
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     grad_clip: float = 1.0
     ema_decay: float = 0.995
     #: Probability that a label is replaced by the null class, so one model samples both
@@ -228,9 +228,9 @@ def train_ddpm(config: DDPMTrainConfig, out_dir: Path) -> dict[str, Any]:
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, live_params, 1.0 - decay)
         running += loss.item()
-        if (step + 1) % 100 == 0:
+        if (step + 1) % 50 == 0:
             elapsed = time.perf_counter() - start
-            print(f"step {step + 1}/{config.steps} loss {running / 100:.4f} "
+            print(f"step {step + 1}/{config.steps} loss {running / 50:.4f} "
                   f"lr {lr_sched.get_last_lr()[0]:.2e} {elapsed:.0f}s", flush=True)
             running = 0.0
     wall = time.perf_counter() - start
