@@ -65,6 +65,8 @@ def _extensions() -> tuple[list, dict]:
                              "to the CUDA toolkit matching torch.version.cuda")
 
     cxx_flags = ["-O3", "-fopenmp"]
+    # rpath to torch's libraries so `import fastunlearn._C` works even before `import torch` has loaded them.
+    link_flags = ["-fopenmp", f"-Wl,-rpath,{os.path.join(os.path.dirname(torch.__file__), 'lib')}"]
     if build_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         _log(f"building the C++ and CUDA kernels (TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})")
@@ -73,7 +75,7 @@ def _extensions() -> tuple[list, dict]:
             sources=CPU_SOURCES + CUDA_SOURCES,
             define_macros=[("FASTUNLEARN_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link_flags,
         )
     else:
         _log("building the C++ CPU kernels (no CUDA: torch has no CUDA, nvcc is missing, or FASTUNLEARN_BUILD_CUDA=0)")
@@ -81,7 +83,7 @@ def _extensions() -> tuple[list, dict]:
             name="fastunlearn._C",
             sources=CPU_SOURCES,
             extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link_flags,
         )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
 
