@@ -28,6 +28,12 @@ def tiny_unet(num_class_embeds: int | None = 11, size: int = 16, channels: int =
 
 
 @pytest.fixture
+def make_tiny_unet():
+    """The :func:`tiny_unet` factory, for tests that need a module rather than a directory."""
+    return tiny_unet
+
+
+@pytest.fixture
 def tiny_model_dir(tmp_path: Path) -> Path:
     """A DDPMPipeline directory (unet/, scheduler/, fastunlearn.json with null label 10)."""
     from diffusers import DDPMScheduler

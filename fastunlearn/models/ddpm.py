@@ -260,8 +260,13 @@ def _from_directory(directory: Path, null_label: int | None) -> DDPMAdapter:
 
 def _from_hub(repo_id: str, null_label: int | None) -> DDPMAdapter:
     try:
-        unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet")
-        scheduler = DDPMScheduler.from_pretrained(repo_id, subfolder="scheduler")
+        try:
+            unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet")
+            scheduler = DDPMScheduler.from_pretrained(repo_id, subfolder="scheduler")
+        except OSError:
+            # Some early hub DDPMs keep the UNet and the scheduler config at the repository root.
+            unet = UNet2DModel.from_pretrained(repo_id)
+            scheduler = DDPMScheduler.from_pretrained(repo_id)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserInputError(

@@ -1,0 +1,66 @@
+"""`fastunlearn.run` and `UnlearnConfig`: construction, validation, output layout and replacement."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import fastunlearn
+from fastunlearn.config import UnlearnConfig
+from fastunlearn.errors import UserInputError
+
+
+def test_config_sources_and_precedence(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 7\nlr: 0.001\nlambda_rule: cosine\noptions:\n  eta: 0.3\n")
+    cfg = UnlearnConfig.from_yaml(path)
+    assert (cfg.steps, cfg.lr, cfg.options) == (7, 0.001, {"lambda_rule": "cosine", "eta": 0.3})
+    cfg = UnlearnConfig.from_dict({"steps": 9, "out": "x"}, base=cfg)
+    assert (cfg.steps, cfg.out_dir, cfg.options["eta"]) == (9, "x", 0.3)
+    resolved = cfg.resolved()
+    assert resolved.batch_size and resolved.options["target"] == "pseudo_label"
+    assert UnlearnConfig.from_dict(resolved.to_dict()) == resolved  # config.yaml round-trips
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"stepz": 3}, "unknown config key 'stepz'"),
+    ({"steps": 0}, "steps must be a positive integer"),
+    ({"steps": -5}, "steps must be a positive integer"),
+    ({"lr": 0}, "lr must be a positive number"),
+    ({"method": "nope"}, "unknown method 'nope'"),
+    ({"precision": "fp8"}, "unknown precision 'fp8'"),
+    ({"options": {"eta": "high"}}, "must be a number"),
+    ({"options": {"target": "noise"}}, "unknown erasediff target 'noise'"),
+])
+def test_config_errors(values, message):
+    with pytest.raises(UserInputError, match=message):
+        UnlearnConfig.from_dict(values).resolved()
+
+
+def test_yaml_errors(tmp_path):
+    with pytest.raises(UserInputError, match="does not exist"):
+        UnlearnConfig.from_yaml(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("steps: [1,\n")
+    with pytest.raises(UserInputError, match="not valid YAML"):
+        UnlearnConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+def test_run_returns_result_and_replaces_previous_output(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    kw = dict(model=str(tiny_model_dir), steps=2, out_dir=out, batch_size=4, evaluate=False, progress=False)
+    first = fastunlearn.run(**kw)
+    assert isinstance(first, fastunlearn.UnlearnResult) and first.out_dir == out.resolve()
+    assert first.adapter.num_classes == 10 and first.metrics_after is None
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["train"]["steps"] == 2 and "forget: " in summary["forget"]
+    fastunlearn.run(**kw, lambda_rule="fixed")  # a previous fastunlearn output is replaced whole
+    assert "lambda_rule: fixed" in (out / "config.yaml").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny-ddpm"]
+
+
+def test_run_refuses_a_foreign_output_dir(tiny_model_dir, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(UserInputError, match="not a fastunlearn output"):
+        fastunlearn.run(model=str(tiny_model_dir), steps=1, out_dir=tmp_path / "mine", evaluate=False)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
