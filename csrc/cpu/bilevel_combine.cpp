@@ -135,21 +135,29 @@ at::Tensor bilevel_apply(const at::Tensor& g_outer, const at::Tensor& g_inner, c
     scalar_t* o = out.data_ptr<scalar_t>();
     if (!r.finite && in_place) return;  // out already holds g_outer
     const bool avx2 = use_avx2();
-    at::parallel_for(0, n, kChunk, [&](int64_t begin, int64_t end) {
-      if (!r.finite) {
-        std::memcpy(o + begin, go + begin, static_cast<size_t>(end - begin) * sizeof(scalar_t));
-        return;
-      }
+    // Same chunk split over the threads as bilevel_stats, but each thread walks its chunks last to first: the
+    // chunks it reduced last are the ones still in its cache (L2/L3) when the update starts, which saves part
+    // of the second read of g_outer and g_inner.
+    const int64_t n_chunks = (n + kChunk - 1) / kChunk;
+    at::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+      for (int64_t c = chunk_end - 1; c >= chunk_begin; --c) {
+        const int64_t begin = c * kChunk;
+        const int64_t len = std::min(kChunk, n - begin);
+        if (!r.finite) {
+          std::memcpy(o + begin, go + begin, static_cast<size_t>(len) * sizeof(scalar_t));
+          continue;
+        }
 #if FASTUNLEARN_HAVE_AVX2_PATH
-      if (avx2) {
-        avx2::combine(go + begin, gi + begin, o + begin, end - begin, r.lam);
-        return;
-      }
+        if (avx2) {
+          avx2::combine(go + begin, gi + begin, o + begin, len, r.lam);
+          continue;
+        }
 #endif
-      if (in_place) {
-        combine_inplace(o + begin, gi + begin, end - begin, r.lam);
-      } else {
-        combine(go + begin, gi + begin, o + begin, end - begin, r.lam);
+        if (in_place) {
+          combine_inplace(o + begin, gi + begin, len, r.lam);
+        } else {
+          combine(go + begin, gi + begin, o + begin, len, r.lam);
+        }
       }
     });
   });
