@@ -170,13 +170,25 @@ def _move_into_place(work: Path, out_dir: Path) -> None:
 
 def run_config(cfg: UnlearnConfig, on_step=None) -> UnlearnResult:
     """Run a job described by an :class:`UnlearnConfig` (see :func:`run`)."""
-    from fastunlearn.engine import LoopSettings, train
-    from fastunlearn.eval.grids import save_class_grid
 
     cfg = cfg.resolved()
     out_dir = Path(cfg.out_dir).expanduser().resolve()
     _check_out_dir(out_dir, cfg.resume)
+    threads_before = torch.get_num_threads()
+    try:
+        return _run_prepared(cfg, out_dir, on_step)
+    finally:
+        torch.set_num_threads(threads_before)  # the thread count is process-global: give it back
+
+
+def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step) -> UnlearnResult:
+    from fastunlearn.engine import LoopSettings, cpu_threads, train
+    from fastunlearn.eval.grids import save_class_grid
+
     adapter, method, forget, retain, sets, judge = _prepare(cfg)
+    threads = cpu_threads(adapter, adapter.device, cfg.threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     work = _partial_dir(out_dir)
     if not cfg.resume:
         shutil.rmtree(work, ignore_errors=True)  # a stale partial run that was not resumed

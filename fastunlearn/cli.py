@@ -26,7 +26,7 @@ _RUN_FLAGS = {
     "model": "model", "forget": "forget", "retain": "retain", "method": "method", "steps": "steps",
     "batch_size": "batch_size", "lr": "lr", "seed": "seed", "out": "out_dir", "checkpoint_every": "checkpoint_every",
     "device": "device", "precision": "precision", "eval_per_class": "eval_per_class", "eval_steps": "eval_steps",
-    "scope": "scope",
+    "scope": "scope", "threads": "threads",
 }
 #: Shortcuts for the most used EraseDiff options (equal to --option KEY=VALUE).
 _OPTION_FLAGS = ("target", "lambda_rule", "eta")
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     p_run.add_argument("--precision", help="fp32 (default) or bf16")
     p_run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p_run.add_argument("--threads", type=int, help="CPU threads (default: 1 for small models on CPU)")
     p_run.add_argument("--scope", help="parameters to train: all (default) or attention")
     p_run.add_argument("--eval-per-class", type=int, help="generations per class in each evaluation (default 100)")
     p_run.add_argument("--eval-steps", type=int, help="DDIM steps of the evaluation sampler (default 20)")

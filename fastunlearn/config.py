@@ -45,6 +45,7 @@ class UnlearnConfig:
     device: str = "auto"
     precision: str = "fp32"  #: fp32, or bf16 autocast with fp32 master weights
     compile: bool = False  #: torch.compile the model
+    threads: int | None = None  #: CPU threads; None: 1 for small models (< 10M parameters) on CPU, else torch's default
     scope: str = "all"  #: which parameters train: all, attention
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)  #: method options
@@ -149,6 +150,9 @@ class UnlearnConfig:
         for key in ("unconditional", "evaluate", "resume", "compile", "progress"):
             if not isinstance(getattr(self, key), bool):
                 raise UserInputError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                         or self.threads <= 0):
+            raise UserInputError(f"threads must be a positive integer or null, got {self.threads!r}")
         if self.precision not in PRECISIONS:
             raise UserInputError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if not isinstance(self.model, str) or not self.model:
