@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t n_vec = n / W;
     for (int64_t v = tid; v < n_vec; v += stride) {
       float a[W], b[W];
-      detail::load_vec(go + v * W, a);
+      detail::load_vec<T, false>(go + v * W, a);
       if (keep != 0.0f) {
         detail::load_vec(gi + v * W, b);
 #pragma unroll

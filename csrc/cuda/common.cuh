@@ -33,9 +33,11 @@ struct Vec {
   static constexpr int kWidth = 16 / static_cast<int>(sizeof(T));
 };
 
-template <typename T>
+// kReadOnly loads go through the read-only data cache (__ldg): only for buffers no thread writes during the
+// kernel, so not for g_outer when it is updated in place.
+template <typename T, bool kReadOnly = true>
 __device__ __forceinline__ void load_vec(const T* p, float (&v)[Vec<T>::kWidth]) {
-  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+  const uint4 raw = kReadOnly ? __ldg(reinterpret_cast<const uint4*>(p)) : *reinterpret_cast<const uint4*>(p);
   const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
   for (int k = 0; k < Vec<T>::kWidth; ++k) v[k] = to_float(e[k]);

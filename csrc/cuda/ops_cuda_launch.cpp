@@ -5,11 +5,11 @@
 #include "../checks.h"
 #include "kernels.h"
 
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -79,7 +79,7 @@ at::Tensor dual_noise_loss_forward_cuda(const at::Tensor& pred, const at::Tensor
   const auto f32 = pred.options().dtype(at::kFloat);
   at::Tensor out = at::empty({2}, f32);
   at::Tensor workspace = at::empty({dual_noise_loss_workspace_size(n, split)}, f32);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch(pred.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     C10_CUDA_CHECK(dual_noise_loss_forward(cuda_ptr<T>(pred), cuda_ptr<T>(target), n, split,
@@ -96,7 +96,7 @@ at::Tensor dual_noise_loss_backward_cuda(const at::Tensor& pred, const at::Tenso
   check_cuda(pred, op, "pred");
   const c10::cuda::CUDAGuard guard(pred.device());
   at::Tensor grad = at::empty_like(pred);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch(pred.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     C10_CUDA_CHECK(dual_noise_loss_backward(cuda_ptr<T>(pred), cuda_ptr<T>(target), pred.numel(),
@@ -115,7 +115,7 @@ at::Tensor bilevel_stats_cuda(const at::Tensor& g_outer, const at::Tensor& g_inn
   const auto f32 = g_outer.options().dtype(at::kFloat);
   at::Tensor stats = at::empty({4}, f32);
   at::Tensor workspace = at::empty({bilevel_stats_workspace_size(n)}, f32);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch(g_outer.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     C10_CUDA_CHECK(bilevel_stats(cuda_ptr<T>(g_outer), cuda_ptr<T>(g_inner), n, workspace.data_ptr<float>(),
@@ -131,7 +131,7 @@ at::Tensor bilevel_apply_cuda(const at::Tensor& g_outer, const at::Tensor& g_inn
   check_cuda(g_outer, op, "g_outer");
   const c10::cuda::CUDAGuard guard(g_outer.device());
   at::Tensor result = at::empty({2}, g_outer.options().dtype(at::kFloat));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch(g_outer.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     C10_CUDA_CHECK(bilevel_apply(cuda_ptr<T>(g_outer), cuda_ptr<T>(g_inner), stats.const_data_ptr<float>(),

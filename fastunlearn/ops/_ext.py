@@ -141,7 +141,9 @@ def _load_locked() -> None:
                    "reason": "disabled by FASTUNLEARN_NO_EXT=1"}
         return
     aot_reason = "skipped (FASTUNLEARN_FORCE_JIT=1)"
-    if not _env_flag("FASTUNLEARN_FORCE_JIT"):
+    # A library namespace registers once per process: if fastunlearn._C is already loaded, a JIT copy could
+    # not register its ops, so FORCE_JIT yields to it.
+    if not _env_flag("FASTUNLEARN_FORCE_JIT") or "fastunlearn._C" in sys.modules:
         try:
             from fastunlearn import _C  # noqa: PLC0415 - optional, built by setup.py
 
