@@ -2,7 +2,7 @@
 
 A selector is one of
 
-- ``"class:C[,C...]"`` (or ``"class=C"``): every sample of those classes;
+- ``"class:C[,C...]"`` (or ``"class=C"``, ranges ``"class:0-4"``): every sample of those classes;
 - ``"index:I[,I...]"`` (ranges ``"index:10-19"`` allowed) or a Python list of ints: samples
   by their index in the *original* 1,797-image ``load_digits`` order (stable across splits,
   see :attr:`fastunlearn.data.digits.DigitsData.indices`);
@@ -19,6 +19,7 @@ whose message says what matched and what exists.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -33,8 +34,9 @@ from fastunlearn.data.sources import load_image_folder
 Selector = str | PathLike | Sequence[int]
 
 _SELECTOR_RE = re.compile(r"^\s*(class|index)\s*[:=]\s*(.*?)\s*$", re.IGNORECASE)
+_MAX_RANGE = 10_000_000
 _FORMS = (
-    "`class:C[,C...]`, `index:I[,I...]` (ranges like `index:10-19`), "
+    "`class:C[,C...]`, `index:I[,I...]` (ranges like `class:0-4`, `index:10-19`), "
     "a list of ints, or an existing folder of images"
 )
 
@@ -74,20 +76,21 @@ def format_classes(classes: Sequence[int]) -> str:
     return ", ".join(parts)
 
 
-def _parse_ints(body: str, selector: str, allow_ranges: bool) -> list[int]:
+def _parse_ints(body: str, selector: str) -> list[int]:
     values: list[int] = []
     for tok in (t.strip() for t in body.split(",")):
         m = re.fullmatch(r"(-?\d+)(?:\s*-\s*(\d+))?", tok) if tok else None
-        if m is None or (m.group(2) is not None and not allow_ranges):
+        if m is None:
             raise DataError(
-                f"malformed selector `{selector}`: {tok!r} is not an integer"
-                + (" or a range like 10-19" if allow_ranges else "")
-                + f"; expected {_FORMS}"
+                f"malformed selector `{selector}`: {tok!r} is not an integer or a range like 10-19; "
+                f"expected {_FORMS}"
             )
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
         if hi < lo:
             raise DataError(f"malformed selector `{selector}`: the range {tok!r} is empty")
+        if hi - lo >= _MAX_RANGE:
+            raise DataError(f"selector `{selector}`: the range {tok!r} spans more than {_MAX_RANGE:,} values")
         values.extend(range(lo, hi + 1))
     return values
 
@@ -114,7 +117,7 @@ def _select(selector: Selector, pool: DigitsData, side: str, size: int, channels
         kind = m.group(1).lower()
         if not m.group(2):
             raise DataError(f"malformed selector `{text}`: no value after `{kind}:`; expected {_FORMS}")
-        ids = _parse_ints(m.group(2), text, allow_ranges=kind == "index")
+        ids = _parse_ints(m.group(2), text)
     else:
         raise DataError(
             f"unsupported {side} selector of type {type(selector).__name__}: expected {_FORMS}"
@@ -133,7 +136,7 @@ def _select(selector: Selector, pool: DigitsData, side: str, size: int, channels
 def _select_indices(ids: list[int], pool: DigitsData, side: str, text: str) -> DigitsData:
     if not ids:
         raise DataError(f"{side} set is empty: the selector `{text}` lists no index")
-    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    dup = sorted(i for i, k in Counter(ids).items() if k > 1)
     if dup:
         raise DataError(f"selector `{text}` lists indices more than once: {_preview(dup)}")
     position = {int(orig): pos for pos, orig in enumerate(pool.indices.tolist())}

@@ -287,7 +287,30 @@ def evaluate_ddpm(config: DDPMTrainConfig, model_dir: Path) -> dict[str, Any]:
     )
     quality["unconditional_class_share"] = uncond
     print(f"unconditional shares: {uncond['share_by_class']}", flush=True)
+    save_sample_grid(model_dir, config)
     return quality
+
+
+def save_sample_grid(model_dir: Path, config: DDPMTrainConfig, per_row: int = 10) -> Path:
+    """Write ``samples.png`` beside the weights: one row per digit (guidance 1.0) and one unconditional row."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from fastunlearn.eval.grids import save_class_grid
+    from fastunlearn.models.sampling import ddim_sample
+
+    unet = UNet2DModel.from_pretrained(model_dir, subfolder="unet").eval()
+    sched_cfg = DDPMScheduler.from_pretrained(model_dir, subfolder="scheduler").config
+    labels = torch.arange(config.null_label + 1).repeat_interleave(per_row)
+    images = ddim_sample(unet, sched_cfg, labels.numel(), labels, steps=config.eval_steps,
+                         generator=torch.Generator().manual_seed(config.eval_seed))
+    rows: dict[int | str, torch.Tensor] = {
+        c: images[labels == c] for c in range(config.null_label)
+    }
+    rows["uncond"] = images[labels == config.null_label]
+    return save_class_grid(
+        rows, model_dir / "samples.png",
+        title=f"digits-ddpm: DDIM {config.eval_steps} steps, guidance 1.0",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
