@@ -88,7 +88,7 @@ at::Tensor bilevel_stats(const at::Tensor& g_outer, const at::Tensor& g_inner) {
     const scalar_t* go = g_outer.const_data_ptr<scalar_t>();
     const scalar_t* gi = g_inner.const_data_ptr<scalar_t>();
     const bool avx2 = use_avx2();
-    at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n_chunks, kGrainChunks, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         const int64_t lo = c * kChunk;
 #if FASTUNLEARN_HAVE_AVX2_PATH
@@ -139,7 +139,7 @@ at::Tensor bilevel_apply(const at::Tensor& g_outer, const at::Tensor& g_inner, c
     // chunks it reduced last are the ones still in its cache (L2/L3) when the update starts, which saves part
     // of the second read of g_outer and g_inner.
     const int64_t n_chunks = (n + kChunk - 1) / kChunk;
-    at::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    at::parallel_for(0, n_chunks, kGrainChunks, [&](int64_t chunk_begin, int64_t chunk_end) {
       for (int64_t c = chunk_end - 1; c >= chunk_begin; --c) {
         const int64_t begin = c * kChunk;
         const int64_t len = std::min(kChunk, n - begin);

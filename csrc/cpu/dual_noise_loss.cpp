@@ -73,7 +73,7 @@ at::Tensor dual_noise_loss_forward(const at::Tensor& pred, const at::Tensor& tar
     const scalar_t* p = pred.const_data_ptr<scalar_t>();
     const scalar_t* t = target.const_data_ptr<scalar_t>();
     const bool avx2 = use_avx2();
-    at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n_chunks, kGrainChunks, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         const int64_t lo = c < n_chunks_f ? c * kChunk : split + (c - n_chunks_f) * kChunk;
         const int64_t hi = std::min(lo + kChunk, c < n_chunks_f ? split : n);
@@ -118,7 +118,7 @@ at::Tensor dual_noise_loss_backward(const at::Tensor& pred, const at::Tensor& ta
     const scalar_t* t = target.const_data_ptr<scalar_t>();
     scalar_t* out = grad.data_ptr<scalar_t>();
     const bool avx2 = use_avx2();
-    at::parallel_for(0, n, kChunk, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n, kGrainChunks * kChunk, [&](int64_t begin, int64_t end) {
       const int64_t mid = std::min(std::max(begin, split), end);
 #if FASTUNLEARN_HAVE_AVX2_PATH
       if (avx2) {
