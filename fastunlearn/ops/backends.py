@@ -84,8 +84,16 @@ def select(op: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that will run ``op``: the forced one, or the first in :data:`ORDER` that can.
 
     ``auto`` never picks the Triton interpreter on CPU: it is a correctness tool, far slower than C++.
+    The answer depends only on (device type, dtype, the requested backend, the interpreter switch), all
+    fixed for a process's lifetime apart from the environment variables, so it is cached on them: ops are
+    called every step and the choice must cost nothing next to a small kernel.
     """
-    forced = requested_backend()
+    return _select(op, device.type, dtype, requested_backend(), triton_interpreted())
+
+
+@functools.lru_cache(maxsize=256)
+def _select(op: str, device_type: str, dtype: torch.dtype, forced: str, interpreted: bool) -> str:
+    device = torch.device(device_type)
     if forced != "auto":
         reasons = not_supported_reasons(forced, device, dtype)
         if reasons:
