@@ -81,8 +81,8 @@ class EraseDiff:
     def defaults(unconditional: bool = False) -> dict[str, Any]:
         """Run defaults tuned on the shipped digits DDPM (measured figures: docs/architecture.md)."""
         if unconditional:
-            return {"steps": 100, "batch_size": 32, "lr": 2e-4}
-        return {"steps": 100, "batch_size": 32, "lr": 2e-4}
+            return {"steps": 100, "batch_size": 32, "lr": 5e-5}
+        return {"steps": 100, "batch_size": 32, "lr": 5e-5}
 
     def setup(self, adapter: Any, config: MethodConfig) -> None:
         opts: EraseDiffOptions = config.options
