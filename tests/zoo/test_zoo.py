@@ -97,3 +97,32 @@ def test_ddpm_training_path_runs(tmp_path):
     record = train_ddpm(replace(CONFIGS["digits-ddpm"], steps=2, batch_size=4), tmp_path)
     assert record["config"]["steps"] == 2
     assert DDPMPipeline.from_pretrained(tmp_path).unet.config.num_class_embeds == 11
+
+
+def test_recorded_ddpm_quality_meets_the_bar():
+    q = json.loads((zoo.resolve("digits-ddpm") / "training.json").read_text())["quality"]
+    g1 = q["generation_accuracy_guidance_1"]
+    assert g1["n_per_class"] == 50 and g1["mean_accuracy"] >= 0.90
+    assert "generation_accuracy_guidance_2" in q
+    shares = q["unconditional_class_share"]["share_by_class"]
+    assert len(shares) == 10 and max(shares.values()) < 0.25 and min(shares.values()) > 0.03
+    assert (zoo.resolve("digits-ddpm") / "samples.png").is_file()
+
+
+@pytest.mark.slow
+def test_shipped_ddpm_generation_accuracy_reproduces():
+    """Re-measure (smaller sample) what training.json records: conditional samples are judged right."""
+    from diffusers import DDPMScheduler
+
+    from fastunlearn.eval.classifier import generation_accuracy
+    from fastunlearn.models.sampling import ddim_sample
+
+    path = zoo.resolve("digits-ddpm")
+    unet, judge = zoo.load_unet(), zoo.load_classifier()
+    sched = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+
+    def sample_fn(n, class_labels, generator=None):
+        return ddim_sample(unet, sched, n, class_labels, steps=50, generator=generator)
+
+    res = generation_accuracy(sample_fn, judge, range(10), 20, generator=torch.Generator().manual_seed(0))
+    assert res["mean_accuracy"] >= 0.85
