@@ -64,7 +64,8 @@ def load_classifier(name: str = "digits-classifier", device: str | None = None):
     """The shipped digits judge (a :class:`~fastunlearn.zoo.classifier.DigitsClassifier`), in eval mode."""
     from fastunlearn.zoo.classifier import DigitsClassifier
 
-    model = DigitsClassifier.from_pretrained(resolve(name)).eval()
+    # low_cpu_mem_usage=False: the default path wants `accelerate` and warns without it.
+    model = DigitsClassifier.from_pretrained(resolve(name), low_cpu_mem_usage=False).eval()
     if device is not None:
         model = model.to(device)
     return model
@@ -74,7 +75,7 @@ def load_unet(name: str = "digits-ddpm", device: str | None = None):
     """The UNet of a shipped DDPM (``UNet2DModel``), in eval mode."""
     from diffusers import UNet2DModel
 
-    model = UNet2DModel.from_pretrained(resolve(name), subfolder="unet").eval()
+    model = UNet2DModel.from_pretrained(resolve(name), subfolder="unet", low_cpu_mem_usage=False).eval()
     if device is not None:
         model = model.to(device)
     return model

@@ -258,7 +258,7 @@ def evaluate_ddpm(config: DDPMTrainConfig, model_dir: Path) -> dict[str, Any]:
     from fastunlearn.models.sampling import ddim_sample
     from fastunlearn.zoo import load_classifier
 
-    unet = UNet2DModel.from_pretrained(model_dir, subfolder="unet").eval()
+    unet = UNet2DModel.from_pretrained(model_dir, subfolder="unet", low_cpu_mem_usage=False).eval()
     sched_cfg = DDPMScheduler.from_pretrained(model_dir, subfolder="scheduler").config
     judge = load_classifier()
     classes = list(range(digits.NUM_CLASSES))
@@ -298,7 +298,7 @@ def save_sample_grid(model_dir: Path, config: DDPMTrainConfig, per_row: int = 10
     from fastunlearn.eval.grids import save_class_grid
     from fastunlearn.models.sampling import ddim_sample
 
-    unet = UNet2DModel.from_pretrained(model_dir, subfolder="unet").eval()
+    unet = UNet2DModel.from_pretrained(model_dir, subfolder="unet", low_cpu_mem_usage=False).eval()
     sched_cfg = DDPMScheduler.from_pretrained(model_dir, subfolder="scheduler").config
     labels = torch.arange(config.null_label + 1).repeat_interleave(per_row)
     images = ddim_sample(unet, sched_cfg, labels.numel(), labels, steps=config.eval_steps,
