@@ -123,7 +123,7 @@ class UnlearnConfig:
         from fastunlearn.methods import base as methods
 
         cls = methods.get(self.method)
-        defaults = getattr(cls, "defaults", lambda unconditional: {})(self.unconditional)
+        defaults = cls.defaults(self.unconditional, dict(self.options)) if hasattr(cls, "defaults") else {}
         out = dataclasses.replace(self, options=dict(self.options))
         for key in ("steps", "batch_size", "lr"):
             if getattr(out, key) is None:
