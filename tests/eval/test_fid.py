@@ -64,3 +64,16 @@ def test_per_class_and_overall(judge):
 def test_inception_needs_a_local_file(judge, real, tmp_path):
     with pytest.raises(UserInputError, match="does not exist"):
         fid_kid(real[3], real[1], judge, inception_weights=tmp_path / "missing.pth")
+
+
+def test_eval_command_on_a_tiny_model(tiny_model_dir):
+    from fastunlearn.cli_eval import evaluate_model, format_eval
+
+    res = evaluate_model(str(tiny_model_dir), forget="class:0", eval_per_class=3, eval_steps=2, device="cpu")
+    assert res["forget_classes"] == [0] and 0 <= res["forget_accuracy"] <= 1
+    assert res["fid"]["classes"] == list(range(1, 10)) and res["fid"]["overall"]["n_fake"] == 27
+    assert res["mia"]["n_members"] > 100 and 0 <= res["mia"]["auc"] <= 1
+    table = format_eval(res)
+    assert "forget accuracy" in table and "FID (retained)" in table and "membership AUC" in table
+    with pytest.raises(UserInputError, match="no such file"):
+        evaluate_model(str(tiny_model_dir), inception_weights="/nonexistent/pt_inception.pth")

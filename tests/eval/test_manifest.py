@@ -89,3 +89,29 @@ def test_verify_catches_a_wrong_recorded_metric(out_dir):
     path.write_text(json.dumps(m))
     res = verify(out_dir)
     assert res.mismatches == ["forget_metric.forget_accuracy"]
+
+
+def _cli(argv):
+    import argparse
+
+    from fastunlearn.cli_eval import add_subcommands
+
+    parser = argparse.ArgumentParser(prog="fastunlearn")
+    add_subcommands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_verify_exit_codes(out_dir, tmp_path, capsys):
+    from fastunlearn.errors import UserInputError
+
+    assert _cli(["verify", str(out_dir)]) == 0
+    assert "matches its manifest" in capsys.readouterr().out
+    weights = out_dir / WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x80
+    weights.write_bytes(bytes(data))
+    assert _cli(["verify", str(out_dir), "--no-metric"]) == 1
+    assert f"MISMATCH in weights.after.{WEIGHTS}" in capsys.readouterr().out
+    with pytest.raises(UserInputError, match="no manifest.json"):
+        _cli(["verify", str(tmp_path / "nothing")])
