@@ -1,0 +1,74 @@
+"""Regenerate the README's performance tables from the committed results (never typed by hand).
+
+    python benchmarks/readme_tables.py
+
+For each results CSV it keeps the latest run (same commit and device) and writes a markdown table between
+the ``<!-- NAME-table:start -->`` / ``<!-- NAME-table:end -->`` markers of README.md.
+"""
+from __future__ import annotations
+
+import csv
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _latest_runs(rows: list[dict]) -> list[dict]:
+    """Rows of the most recent run per device (a run = one date prefix + commit)."""
+    by_device: dict[str, list[dict]] = {}
+    for row in rows:
+        by_device.setdefault(row["device"], []).append(row)
+    keep = []
+    for dev_rows in by_device.values():
+        last = max(dev_rows, key=lambda r: r["date"])
+        run_key = (last["commit"], last["date"][:13])  # same commit, same hour
+        keep += [r for r in dev_rows if (r["commit"], r["date"][:13]) == run_key]
+    return keep
+
+
+def _human(numel: str) -> str:
+    n = int(numel)
+    return f"{n / 2**20:g}M" if n >= 2**20 else str(n)
+
+
+def ops_table() -> str:
+    path = RESULTS / "ops.csv"
+    if not path.exists():
+        return "_not yet measured_"
+    with open(path) as fh:
+        rows = _latest_runs(list(csv.DictReader(fh)))
+    lines = []
+    for device in sorted({r["device"] for r in rows}):
+        sample = next(r for r in rows if r["device"] == device)
+        lines += [f"**{device}** — torch {sample['torch']}, commit {sample['commit']}, {sample['date'][:10]}", "",
+                  "| op | backend | vs | elements | dtype | eager ms | fused ms | speed-up | GB/s | % copy BW |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["device"] == device):
+            lines.append(f"| {r['op']} | {r['backend']} | {r['baseline']} | {_human(r['numel'])} | {r['dtype']} | "
+                         f"{r['eager_ms']} | {r['median_ms']} | **{r['speedup']}×** | {r['GB_s']} | {r['pct_copy_bw'] or '–'} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+TABLES = {"ops": ops_table}
+
+
+def main() -> int:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    for name, make in TABLES.items():
+        pattern = re.compile(rf"(<!-- {name}-table:start -->\n).*?(<!-- {name}-table:end -->)", re.S)
+        if not pattern.search(text):
+            print(f"README.md has no {name}-table markers", file=sys.stderr)
+            return 1
+        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), text)
+    readme.write_text(text)
+    print("README.md tables regenerated from benchmarks/results/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
