@@ -1,0 +1,269 @@
+"""Method comparison on the digits default: every method, same seed, same evaluation, same machine.
+
+For each method (EraseDiff and the baselines) on ``zoo:digits-ddpm`` forgetting class 0: run the engine's
+loop with the method's defaults, and every ``--every`` steps evaluate with the same seeded DDIM noise
+(``--per-class`` generations per class, ``--eval-steps`` DDIM steps, judged by the shipped classifier):
+
+- the *bar*: forget accuracy ≤ 5% and mean retain accuracy ≥ base − 4 points; reported are the steps and the
+  wall time (method setup + training steps, evaluation excluded) until the first evaluation that meets it;
+- final forget / retain accuracy after ``--steps`` steps (or at the bar with ``--stop-at-bar``);
+- retain FID/KID of the final model vs the held-out test images of the retained classes (judge features,
+  :func:`fastunlearn.eval.fid.fid_kid`) when that module exists;
+- MIA AUC of the forget class (:func:`fastunlearn.eval.mia.membership_auc`) when that module exists.
+
+    python benchmarks/bench_methods.py                 # writes results/methods.md and methods.csv
+    python benchmarks/bench_methods.py --smoke         # 2 steps per method, tiny eval, writes nothing
+
+Methods with an EMA (EraseDiff) are evaluated on their EMA weights, the model their run saves.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import RESULTS, environment  # noqa: E402
+
+from fastunlearn.api import _judge  # noqa: E402
+from fastunlearn.data.digits import load_digits_split  # noqa: E402
+from fastunlearn.data.selection import select_forget_retain  # noqa: E402
+from fastunlearn.engine import LoopSettings, SampleSet, prepare_model, train  # noqa: E402
+from fastunlearn.eval.classifier import generation_accuracy  # noqa: E402
+from fastunlearn.methods import base as methods  # noqa: E402
+from fastunlearn.models.ddpm import load_adapter  # noqa: E402
+
+#: (row label, registered method, options): each method at its registered defaults.
+METHODS = [
+    ("erasediff", "erasediff", {}),
+    ("finetune", "finetune", {}),
+    ("neggrad", "gradient_ascent", {"variant": "neggrad"}),
+    ("neggrad_plus", "gradient_ascent", {"variant": "neggrad_plus"}),
+    ("salun", "salun", {}),
+    ("selective_amnesia", "selective_amnesia", {}),
+]
+FORGET = 0
+FORGET_MAX, RETAIN_DROP = 0.05, 0.04
+
+
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+class Evaluator:
+    """Seeded generation accuracy of every class (the same noise at every call)."""
+
+    def __init__(self, judge, per_class: int, steps: int, seed: int = 1234):
+        self.judge, self.per_class, self.steps, self.seed = judge, per_class, steps, seed
+
+    def __call__(self, adapter) -> dict:
+        was = adapter.unet.training
+        adapter.unet.eval()
+        gen = torch.Generator().manual_seed(self.seed)
+        res = generation_accuracy(lambda n, y, generator=None: adapter.generate(n, y, steps=self.steps, generator=generator),
+                                  self.judge, list(range(adapter.num_classes)), self.per_class, generator=gen)
+        adapter.unet.train(was)
+        acc = res["accuracy_by_class"]
+        retained = [c for c in acc if c != FORGET]
+        return {"forget": acc[FORGET], "retain": sum(acc[c] for c in retained) / len(retained)}
+
+
+class ema_weights:
+    """Context: the method's EMA weights in the model (if it keeps one), the live weights restored after."""
+
+    def __init__(self, method):
+        self.method = method
+
+    def __enter__(self):
+        ema = getattr(self.method, "ema", None)
+        self.saved = None
+        if ema is not None:
+            self.saved = [p.detach().clone() for p in self.method.params]
+            with torch.no_grad():
+                for p, e in zip(self.method.params, ema):
+                    p.copy_(e)
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            with torch.no_grad():
+                for p, s in zip(self.method.params, self.saved):
+                    p.copy_(s)
+
+
+def run_method(label: str, name: str, options: dict, args, judge, evaluator, base: dict, sets, work: Path) -> dict:
+    adapter = load_adapter("zoo:digits-ddpm")
+    prepare_model(adapter, torch.device("cpu"))
+    cls = methods.get(name)
+    d = cls.defaults(False, options)
+    lr = args.lr.get(label, d["lr"])
+    method = cls()
+    t0 = time.perf_counter()
+    method.setup(adapter, methods.MethodConfig(
+        lr=lr, options=methods.parse_options(name, options), forget_classes=tuple(sets.forget_classes),
+        retain_classes=tuple(sets.retain_classes)))
+    setup_s = time.perf_counter() - t0
+    forget = SampleSet(sets.forget_images, sets.forget_labels)
+    retain = SampleSet(sets.retain_images, sets.retain_labels)
+    trace, state = [], {"eval_s": 0.0, "bar": None}
+    t_train = time.perf_counter()
+
+    class Stop(Exception):
+        pass
+
+    def on_step(step: int) -> None:
+        if step % args.every and step != args.steps:
+            return
+        e0 = time.perf_counter()
+        train_s = e0 - t_train - state["eval_s"]  # steps only: earlier evaluations subtracted
+        with ema_weights(method):
+            acc = evaluator(adapter)
+        state["eval_s"] += time.perf_counter() - e0
+        trace.append((step, acc["forget"], acc["retain"], train_s))
+        print(f"  {label:>18} step {step:4d}  forget {acc['forget']:.3f}  retain {acc['retain']:.3f}  train {train_s:6.1f}s",
+              flush=True)
+        if state["bar"] is None and acc["forget"] <= FORGET_MAX and acc["retain"] >= base["retain"] - RETAIN_DROP:
+            state["bar"] = (step, setup_s + train_s)
+            if args.stop_at_bar:
+                raise Stop
+
+    settings = LoopSettings(steps=args.steps, batch_size=d["batch_size"], seed=args.seed, log_every=10, progress=False)
+    try:
+        train(adapter, method, forget, retain, settings, work / label, on_step=on_step)
+    except Stop:
+        pass
+    method.finalize()
+    adapter.unet.eval()
+    step, f_acc, r_acc, train_s = trace[-1]
+    row = {"method": label, "registered": name, "options": " ".join(f"{k}={v}" for k, v in options.items()),
+           "lr": lr, "batch_size": d["batch_size"], "setup_s": round(setup_s, 1),
+           "bar_steps": state["bar"][0] if state["bar"] else "", "bar_wall_s": round(state["bar"][1], 1) if state["bar"] else "",
+           "steps_run": step, "train_s": round(train_s, 1), "final_forget_acc": f_acc, "final_retain_acc": r_acc}
+    if args.fid:
+        from fastunlearn.eval.fid import fid_kid
+
+        gen = torch.Generator().manual_seed(99)
+        labels = torch.tensor([c for c in sets.retain_classes]).repeat_interleave(args.fid_per_class)
+        fake = adapter.generate(labels.numel(), labels, steps=args.eval_steps, generator=gen)
+        res = fid_kid(args.real_retain, fake, judge, kid_subsets=20)
+        row.update(retain_fid=round(res["fid"], 3), retain_kid=round(res["kid_mean"], 5))
+    if args.mia:
+        from fastunlearn.eval.mia import membership_auc
+
+        res = membership_auc(adapter, args.members, args.non_members, generator=torch.Generator().manual_seed(7))
+        row["mia_auc"] = round(res["auc"], 3)
+    return row
+
+
+def write(rows: list[dict], base: dict, args, env: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with (RESULTS / "methods.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, keys)
+        w.writeheader()
+        w.writerows(rows)
+    ed = next((r for r in rows if r["method"] == "erasediff"), None)
+    lines = [
+        "# Method comparison: forget digit 0 on `zoo:digits-ddpm`", "",
+        f"- device: {env['device']}", f"- date: {env['date']}, commit `{env['commit']}`, torch {env['torch']}",
+        f"- command: `python benchmarks/bench_methods.py {' '.join(args.argv)}`".rstrip(),
+        f"- evaluation every {args.every} steps: {args.per_class} generations per class, {args.eval_steps} DDIM steps, "
+        f"seed {args.seed}, judged by `zoo:digits-classifier`; base model: forget acc {base['forget']:.1%}, "
+        f"mean retain acc {base['retain']:.1%}",
+        f"- bar: forget acc ≤ {FORGET_MAX:.0%} and mean retain acc ≥ base − {RETAIN_DROP * 100:.0f} points; "
+        "time to bar = method setup + training steps (evaluation excluded)",
+        "- retain FID/KID: " + (f"{args.fid_per_class} generations per retained class vs the test split's retained "
+                                "classes, judge features" if args.fid else "not measured (`fastunlearn/eval/fid.py` absent)"),
+        "- MIA AUC: " + ("forget-class train images (members) vs test images (non-members)" if args.mia
+                         else "not measured (`fastunlearn/eval/mia.py` absent)"),
+        "",
+    ]
+    head = ["method", "lr", "setup s", "steps to bar", "time to bar (s)", "× EraseDiff", "steps run",
+            "final forget acc", "final retain acc"] + (["retain FID", "retain KID"] if args.fid else []) + (["MIA AUC"] if args.mia else [])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        reached = r["bar_wall_s"] != ""
+        ratio = f"{r['bar_wall_s'] / ed['bar_wall_s']:.2f}" if reached and ed and ed["bar_wall_s"] != "" else "—"
+        cells = [f"{r['method']}" + (f" ({r['options']})" if r["options"] and r["method"] != r["options"].split("=")[-1] else ""),
+                 f"{r['lr']:g}", f"{r['setup_s']:.1f}",
+                 str(r["bar_steps"]) if reached else f"not reached in {r['steps_run']}",
+                 f"{r['bar_wall_s']:.1f}" if reached else "—", ratio, str(r["steps_run"]),
+                 f"{r['final_forget_acc']:.1%}", f"{r['final_retain_acc']:.1%}"]
+        if args.fid:
+            cells += [f"{r['retain_fid']:.3f}", f"{r['retain_kid']:.5f}"]
+        if args.mia:
+            cells.append(f"{r['mia_auc']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if args.mia and "base_mia_auc" in base:
+        lines += ["", f"Base model MIA AUC of the forget class: {base['base_mia_auc']:.3f}."]
+    if args.fid and "base_fid" in base:
+        lines += ["", f"Base model retain FID {base['base_fid']:.3f}, KID {base['base_kid']:.5f}."]
+    (RESULTS / "methods.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=300, help="max steps per method")
+    p.add_argument("--every", type=int, default=25, help="evaluate every K steps")
+    p.add_argument("--per-class", type=int, default=20)
+    p.add_argument("--eval-steps", type=int, default=10)
+    p.add_argument("--fid-per-class", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", default=",".join(m[0] for m in METHODS))
+    p.add_argument("--stop-at-bar", action="store_true", help="stop a method at its first evaluation that meets the bar")
+    p.add_argument("--smoke", action="store_true", help="2 steps per method, tiny evaluation, no files written")
+    p.add_argument("--work", default="/tmp/bench_methods")
+    args = p.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    args.lr = {}
+    if args.smoke:
+        args.steps, args.every, args.per_class, args.eval_steps, args.fid_per_class = 2, 1, 2, 2, 4
+    torch.set_num_threads(1)  # the engine's choice for this model on the CPU (engine.cpu_threads)
+    torch.manual_seed(args.seed)
+    wanted = args.methods.split(",")
+    unknown = set(wanted) - {m[0] for m in METHODS}
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)}; known: {[m[0] for m in METHODS]}")
+    env = environment(torch.device("cpu"))
+    sets = select_forget_retain(f"class:{FORGET}")
+    base_adapter = load_adapter("zoo:digits-ddpm")
+    judge = _judge(base_adapter)
+    evaluator = Evaluator(judge, args.per_class, args.eval_steps)
+    base = evaluator(base_adapter)
+    print(f"base: forget {base['forget']:.3f}  retain {base['retain']:.3f}", flush=True)
+    test = load_digits_split("test")
+    args.fid = has("fastunlearn.eval.fid")
+    args.mia = has("fastunlearn.eval.mia")
+    if args.fid:
+        from fastunlearn.eval.fid import fid_kid
+
+        keep = test.labels != FORGET
+        args.real_retain = test.images[keep]
+        labels = torch.tensor(list(sets.retain_classes)).repeat_interleave(args.fid_per_class)
+        fake = base_adapter.generate(labels.numel(), labels, steps=args.eval_steps, generator=torch.Generator().manual_seed(99))
+        res = fid_kid(args.real_retain, fake, judge, kid_subsets=20)
+        base.update(base_fid=res["fid"], base_kid=res["kid_mean"])
+    if args.mia:
+        from fastunlearn.eval.mia import membership_auc
+
+        args.members = (sets.forget_images, sets.forget_labels)  # labelled: conditioned on their own class
+        held = test.labels == FORGET
+        args.non_members = (test.images[held], test.labels[held])
+        base["base_mia_auc"] = membership_auc(base_adapter, args.members, args.non_members,
+                                              generator=torch.Generator().manual_seed(7))["auc"]
+    rows = []
+    for label, name, options in METHODS:
+        if label in wanted:
+            rows.append(run_method(label, name, options, args, judge, evaluator, base, sets, Path(args.work)))
+            print(rows[-1], flush=True)
+    if not args.smoke:
+        write(rows, base, args, env)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
