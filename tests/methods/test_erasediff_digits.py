@@ -17,8 +17,9 @@ pytestmark = pytest.mark.skipif(
     reason="the zoo's digits models are not trained in this checkout (python -m fastunlearn.zoo.train ...)",
 )
 
-#: 40 steps at twice the default learning rate: most of the default job's effect in a third of its steps.
-SHORT = dict(steps=40, lr=2e-4)
+#: 40 steps without the EMA (which lags the live weights): most of the default job's effect in a quarter of
+#: its steps. (BOME at 2e-4 instead damages the retained classes: measured, see the method's defaults.)
+SHORT = dict(steps=40, lr=1e-4, options={"ema_decay": 0.0})
 
 
 def test_erasediff_forgets_digit_zero(tmp_path):
