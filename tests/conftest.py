@@ -5,10 +5,17 @@ parameters, so tests exercise the real code paths in seconds.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Triton reads TRITON_INTERPRET when it is first imported (its own library functions are decorated then),
+# and any test may import it first (torch.compile does): set it here, in the first conftest pytest loads,
+# so the Triton kernels run in the interpreter on machines without a GPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_configure(config):

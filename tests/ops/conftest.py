@@ -1,17 +1,9 @@
-"""Fixtures for the op tests: run Triton kernels in the interpreter when there is no GPU.
-
-TRITON_INTERPRET must be set before the kernels are first decorated (imported), so it is set here, at
-collection time, before any test imports fastunlearn.ops.triton.
-"""
-import os
-
+"""Fixtures for the op tests: each fast backend forced in turn (Triton in its interpreter without a GPU,
+see tests/conftest.py)."""
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from fastunlearn.ops import backends  # noqa: E402
+from fastunlearn.ops import backends
 
 
 def fast_backends() -> list[str]:
