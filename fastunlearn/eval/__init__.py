@@ -1,5 +1,15 @@
-"""Evaluation: classifier-judged generation metrics and image grids for reports.
+"""Evaluation: what a run is measured by, and the files a person or an auditor reads afterwards.
 
-Submodules are imported directly (``from fastunlearn.eval.classifier import generation_accuracy``)
-so that loading one metric does not pull in the dependencies of all the others.
+- :mod:`~fastunlearn.eval.classifier`: judged generation accuracy per class (forget / retain accuracy) and the
+  unconditional share of a class;
+- :mod:`~fastunlearn.eval.fid`: FID/KID in the judge's feature space via torchmetrics (Inception only from a
+  local weight file), per retained class and overall;
+- :mod:`~fastunlearn.eval.mia`: loss-based membership-inference AUC of the forget set vs held-out images;
+- :mod:`~fastunlearn.eval.perf`: wall time, throughput, peak memory;
+- :mod:`~fastunlearn.eval.grids`: labelled PNG sample grids;
+- :mod:`~fastunlearn.eval.report`: the self-contained ``report.html``;
+- :mod:`~fastunlearn.eval.manifest`: ``manifest.json`` and :func:`~fastunlearn.eval.manifest.verify`.
+
+Submodules are imported directly (``from fastunlearn.eval.fid import fid_kid``) so that loading one metric
+does not pull in the dependencies (torchmetrics, scikit-learn, matplotlib) of all the others.
 """

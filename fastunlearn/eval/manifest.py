@@ -171,6 +171,21 @@ def build_manifest(
     }
 
 
+def eval_protocol(config: Any, classes: list[int], judge: str = "zoo:digits-classifier") -> dict[str, Any]:
+    """The forget-metric protocol of :func:`fastunlearn.api.evaluate` for ``config`` (an ``UnlearnConfig``
+    or its dict): the value ``build_manifest(eval_protocol=...)`` expects.
+
+    ``classes`` are every class generated, in order (``range(adapter.num_classes)``): the evaluation draws
+    them from one seeded generator, so the forget classes' samples depend on the whole list.
+    """
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    if get("unconditional", False):
+        return {"kind": "unconditional", "n": int(get("eval_unconditional")), "steps": int(get("eval_steps")),
+                "seed": int(get("eval_seed")), "judge": judge}
+    return {"kind": "conditional", "classes": [int(c) for c in classes], "n_per_class": int(get("eval_per_class")),
+            "steps": int(get("eval_steps")), "seed": int(get("eval_seed")), "judge": judge}
+
+
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """Write ``out_dir/manifest.json`` (indented, UTF-8) and return its path."""
     path = Path(out_dir) / MANIFEST
@@ -265,5 +280,5 @@ def verify(out_dir: str | Path, rerun_metric: bool = True) -> VerifyResult:
     return VerifyResult(ok=not mismatches, mismatches=mismatches, checks=checks)
 
 
-__all__ = ["build_manifest", "write_manifest", "verify", "VerifyResult", "weight_hashes", "sample_hashes",
+__all__ = ["build_manifest", "eval_protocol", "write_manifest", "verify", "VerifyResult", "weight_hashes", "sample_hashes",
            "sha256_file", "git_commit", "METRIC_TOLERANCE", "MANIFEST"]
