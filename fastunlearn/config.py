@@ -128,8 +128,10 @@ class UnlearnConfig:
         for key in ("steps", "batch_size", "lr"):
             if getattr(out, key) is None:
                 setattr(out, key, defaults.get(key))
+        for key, value in defaults.get("options", {}).items():
+            out.options.setdefault(key, value)
         out.validate()
-        out.options = dataclasses.asdict(methods.parse_options(self.method, self.options))
+        out.options = dataclasses.asdict(methods.parse_options(self.method, out.options))
         return out
 
     def validate(self) -> None:

@@ -22,6 +22,13 @@ def test_config_sources_and_precedence(tmp_path):
     assert UnlearnConfig.from_dict(resolved.to_dict()) == resolved  # config.yaml round-trips
 
 
+def test_method_defaults_fill_only_what_is_not_given():
+    assert UnlearnConfig().resolved().options["eta"] == 0.1
+    assert UnlearnConfig(options={"lambda_rule": "cosine"}).resolved().options["eta"] == 0.5
+    assert UnlearnConfig(options={"lambda_rule": "cosine", "eta": 0.2}).resolved().options["eta"] == 0.2
+    assert UnlearnConfig(steps=3, lr=0.5).resolved().steps == 3
+
+
 @pytest.mark.parametrize("values, message", [
     ({"stepz": 3}, "unknown config key 'stepz'"),
     ({"steps": 0}, "steps must be a positive integer"),
