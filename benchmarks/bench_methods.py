@@ -176,6 +176,8 @@ def write(rows: list[dict], base: dict, args, env: dict) -> None:
         f"mean retain acc {base['retain']:.1%}",
         f"- bar: forget acc ≤ {FORGET_MAX:.0%} and mean retain acc ≥ base − {RETAIN_DROP * 100:.0f} points; "
         "time to bar = method setup + training steps (evaluation excluded)",
+        ("- `--stop-at-bar`: a method stops at its first evaluation that meets the bar, so its \"final\" accuracies, "
+         "FID and MIA are at that step" if args.stop_at_bar else f"- every method runs {args.steps} steps"),
         "- retain FID/KID: " + (f"{args.fid_per_class} generations per retained class vs the test split's retained "
                                 "classes, judge features" if args.fid else "not measured (`fastunlearn/eval/fid.py` absent)"),
         "- MIA AUC: " + ("forget-class train images (members) vs test images (non-members)" if args.mia
