@@ -82,7 +82,11 @@ def test_image_size_and_channel_mismatch(make_tiny_unet):
 
 
 def test_hub_id_offline_is_a_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
+    # The hub reads HF_HUB_OFFLINE at import; patch the constant too, or the lookup waits on the network.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserInputError, match="cannot load model 'nobody-here/no-such-ddpm'"):
         load_adapter("nobody-here/no-such-ddpm")
     with pytest.raises(UserInputError, match="neither a zoo name"):
