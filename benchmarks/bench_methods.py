@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--methods", default=",".join(m[0] for m in METHODS))
     p.add_argument("--stop-at-bar", action="store_true", help="stop a method at its first evaluation that meets the bar")
     p.add_argument("--smoke", action="store_true", help="2 steps per method, tiny evaluation, no files written")
+    p.add_argument("--no-write", action="store_true", help="print the rows only (a repeat run, a subset of methods)")
     p.add_argument("--work", default="/tmp/bench_methods")
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if label in wanted:
             rows.append(run_method(label, name, options, args, judge, evaluator, base, sets, Path(args.work)))
             print(rows[-1], flush=True)
-    if not args.smoke:
+    if not (args.smoke or args.no_write):
         write(rows, base, args, env)
     return rows
 
