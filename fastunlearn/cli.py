@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--threads", type=int, help="CPU threads (default: 1 for small models on CPU)")
     p_run.add_argument("--scope", help="parameters to train: all (default) or attention")
     p_run.add_argument("--eval-per-class", type=int, help="generations per class in each evaluation (default 100)")
-    p_run.add_argument("--eval-steps", type=int, help="DDIM steps of the evaluation sampler (default 20)")
+    p_run.add_argument("--eval-steps", type=int, help="DDIM steps of the evaluation sampler (default 10)")
     p_run.add_argument("--target", help="EraseDiff forget target: pseudo_label (default) or uniform")
     p_run.add_argument("--lambda-rule", help="EraseDiff λ rule: bome (default), cosine or fixed")
     p_run.add_argument("--eta", type=float, help="η of the λ rule")
