@@ -113,7 +113,8 @@ def _rows(before: Mapping[str, Any], after: Mapping[str, Any], forget_classes: S
     mia = before.get("mia") or after.get("mia") or {}
     if mia:
         add("membership-inference AUC (forget set)", "mia.auc", "half", "num3",
-            f"{mia.get('n_members', '?')} members / {mia.get('n_non_members', '?')} held out")
+            f"{mia.get('n_members', '?')} members / {mia.get('n_non_members', '?')} held out"
+            + (f", SE ±{mia['auc_se']:.2f}" if isinstance(mia.get("auc_se"), float) else ""))
     return rows
 
 
