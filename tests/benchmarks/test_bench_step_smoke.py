@@ -1,0 +1,18 @@
+"""``benchmarks/bench_step.py --smoke`` runs end to end: the library's EraseDiff step, the proposed two-pass
+variant and the reference baseline each take one step on a tiny UNet, with the memory probe and the profiler
+(benchmarks themselves are not run in CI; nothing is written)."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_step_smoke(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_step.py"), "--device", "cpu", "--smoke"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)  # hang guard; ~15 s idle, 43 s at load avg 6
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = out.stdout[out.stdout.index("speedup_vs_ref"):]
+    for impl in ("fastunlearn", "fastunlearn-2pass", "reference"):
+        assert f" {impl} " in table, out.stdout
+    assert not list(tmp_path.iterdir()), "--smoke must write nothing"
