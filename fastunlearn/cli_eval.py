@@ -52,13 +52,8 @@ def evaluate_model(model: str, forget: str | None = None, eval_per_class: int = 
     split in the judge's feature space (plus an Inception FID with ``inception_weights``), and the membership
     AUC of the forget set against held-out test digits of its classes.
     """
-    from fastunlearn.data.selection import select_forget_retain
-    from fastunlearn.eval.classifier import generation_accuracy
-    from fastunlearn.eval.fid import digits_real_by_class, per_class_fid
-    from fastunlearn.eval.mia import forget_membership_auc
-    from fastunlearn.eval.perf import Measure
+    from fastunlearn.engine import cpu_threads
     from fastunlearn.models.ddpm import load_adapter
-    from fastunlearn.zoo import load_classifier
 
     if eval_per_class < 2:
         raise UserInputError(f"--eval-per-class must be at least 2 (FID needs two samples), got {eval_per_class}")
@@ -67,6 +62,25 @@ def evaluate_model(model: str, forget: str | None = None, eval_per_class: int = 
     dev = _device(device)
     adapter = load_adapter(model).to(dev)
     adapter.unet.eval()
+    threads_before = torch.get_num_threads()
+    threads = cpu_threads(adapter, dev, None)  # the run's rule: 1 thread for a small model on the CPU
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _evaluate(adapter, dev, model, forget, eval_per_class, eval_steps, seed, inception_weights, fid, mia)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _evaluate(adapter: Any, dev: torch.device, model: str, forget: str | None, eval_per_class: int, eval_steps: int,
+              seed: int, inception_weights: str | None, fid: bool, mia: bool) -> dict[str, Any]:
+    from fastunlearn.data.selection import select_forget_retain
+    from fastunlearn.eval.classifier import generation_accuracy
+    from fastunlearn.eval.fid import digits_real_by_class, per_class_fid
+    from fastunlearn.eval.mia import forget_membership_auc
+    from fastunlearn.eval.perf import Measure
+    from fastunlearn.zoo import load_classifier
+
     c, h, w = adapter.image_shape
     if (c, h, w) != (1, 16, 16) or not adapter.num_classes or adapter.num_classes > 10:
         raise UserInputError(

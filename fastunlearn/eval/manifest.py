@@ -137,7 +137,8 @@ def build_manifest(
             (``"conditional"``/``"unconditional"``), ``classes`` (every class generated, in order: the
             shared seeded generator makes the forget classes' samples depend on it), ``n_per_class`` (or
             ``n`` for unconditional), ``steps``, ``seed``, ``batch_size`` (of ``generation_accuracy``,
-            default 250) and ``judge`` (``"zoo:digits-classifier"``).
+            default 250), ``threads`` (the run's ``--threads``, None: the engine's rule) and ``judge``
+            (``"zoo:digits-classifier"``). :func:`eval_protocol` builds it from the run's config.
         model: the reference of the original model.
     """
     hashes = sample_hashes(forget_images)
@@ -181,9 +182,9 @@ def eval_protocol(config: Any, classes: list[int], judge: str = "zoo:digits-clas
     get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
     if get("unconditional", False):
         return {"kind": "unconditional", "n": int(get("eval_unconditional")), "steps": int(get("eval_steps")),
-                "seed": int(get("eval_seed")), "judge": judge}
+                "seed": int(get("eval_seed")), "threads": get("threads"), "judge": judge}
     return {"kind": "conditional", "classes": [int(c) for c in classes], "n_per_class": int(get("eval_per_class")),
-            "steps": int(get("eval_steps")), "seed": int(get("eval_seed")), "judge": judge}
+            "steps": int(get("eval_steps")), "seed": int(get("eval_seed")), "threads": get("threads"), "judge": judge}
 
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
@@ -213,6 +214,7 @@ class VerifyResult:
 
 def _rerun_metric(out_dir: Path, v: dict[str, Any]) -> float:
     """Re-measure the recorded forget metric on the model saved in ``out_dir`` with the recorded protocol."""
+    from fastunlearn.engine import cpu_threads
     from fastunlearn.eval.classifier import generation_accuracy, unconditional_class_share
     from fastunlearn.models.ddpm import load_adapter
     from fastunlearn.zoo import load_classifier
@@ -230,11 +232,19 @@ def _rerun_metric(out_dir: Path, v: dict[str, Any]) -> float:
 
     gen = torch.Generator().manual_seed(int(v["seed"]))
     batch = int(v.get("batch_size", 250))
-    with torch.inference_mode():
-        if v["kind"] == "unconditional":
-            return float(unconditional_class_share(sample_fn, judge, int(v["n"]), v["forget_classes"], batch, gen)
-                         ["share_of_classes"])
-        res = generation_accuracy(sample_fn, judge, v["classes"], int(v["n_per_class"]), batch, gen)
+    # The run's thread rule (1 thread for a small model on the CPU): the thread count changes float rounding.
+    threads = cpu_threads(adapter, adapter.device, v.get("threads"))
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            if v["kind"] == "unconditional":
+                return float(unconditional_class_share(sample_fn, judge, int(v["n"]), v["forget_classes"], batch,
+                                                       gen)["share_of_classes"])
+            res = generation_accuracy(sample_fn, judge, v["classes"], int(v["n_per_class"]), batch, gen)
+    finally:
+        torch.set_num_threads(before)
     acc = res["accuracy_by_class"]
     return sum(acc[int(c)] for c in v["forget_classes"]) / len(v["forget_classes"])
 

@@ -69,7 +69,9 @@ def test_inception_needs_a_local_file(judge, real, tmp_path):
 def test_eval_command_on_a_tiny_model(tiny_model_dir):
     from fastunlearn.cli_eval import evaluate_model, format_eval
 
+    threads = torch.get_num_threads()
     res = evaluate_model(str(tiny_model_dir), forget="class:0", eval_per_class=3, eval_steps=2, device="cpu")
+    assert torch.get_num_threads() == threads  # the small-model 1-thread rule is undone afterwards
     assert res["forget_classes"] == [0] and 0 <= res["forget_accuracy"] <= 1
     assert res["fid"]["classes"] == list(range(1, 10)) and res["fid"]["overall"]["n_fake"] == 27
     assert res["mia"]["n_members"] > 100 and 0 <= res["mia"]["auc"] <= 1
