@@ -59,21 +59,22 @@ def _judge(adapter: Any):
     return load_classifier(device=str(adapter.device))
 
 
-def evaluate(adapter: Any, cfg: UnlearnConfig, forget_classes: list[int], judge: Any) -> dict[str, Any]:
+def evaluate(adapter: Any, cfg: UnlearnConfig, forget_classes: list[int], judge: Any, sets: Any = None) -> dict[str, Any]:
     """Forget/retain generation accuracy (or the unconditional share of the forgotten classes), judged by
     ``judge`` on DDIM samples drawn from the seeded noise ``cfg.eval_seed`` — the same noise before and
-    after — plus the first 8 images per class for the report grid.
+    after — plus the first 8 images per class for the report grid. For the digits judge it also gives the
+    retained classes' FID/KID against the held-out test digits (in the judge's feature space, from the same
+    generations) and, given the forget/retain ``sets``, the membership-inference AUC of the forget set.
     """
     from fastunlearn.eval.classifier import generation_accuracy, unconditional_class_share
 
-    shown: dict[Any, list[torch.Tensor]] = {}
+    generated: dict[Any, list[torch.Tensor]] = {}
 
     def sample_fn(n: int, class_labels: torch.Tensor | None, generator: torch.Generator | None = None):
         images = adapter.generate(n, class_labels, steps=cfg.eval_steps, generator=generator)
         keys = class_labels.tolist() if class_labels is not None else ["∅"] * n
         for key, img in zip(keys, images):
-            if len(shown.setdefault(key, [])) < 8:
-                shown[key].append(img)
+            generated.setdefault(key, []).append(img)
         return images
 
     gen = torch.Generator().manual_seed(cfg.eval_seed)
@@ -91,9 +92,39 @@ def evaluate(adapter: Any, cfg: UnlearnConfig, forget_classes: list[int], judge:
                "forget_accuracy": sum(acc[c] for c in forget_classes) / len(forget_classes),
                "retain_accuracy": sum(acc[c] for c in retained) / max(len(retained), 1),
                "headline": ["forget_accuracy", "retain_accuracy"]}
+        if _is_digits_judge(judge) and retained:
+            from fastunlearn.eval.fid import digits_real_by_class, per_class_fid
+
+            fakes = {c: torch.stack(generated[c]) for c in retained if c in generated}
+            out["fid"] = per_class_fid(digits_real_by_class("test", retained), fakes, judge, classes=retained)
+    if sets is not None and _is_digits_judge(judge):
+        from fastunlearn.eval.mia import forget_membership_auc
+
+        out["mia"] = forget_membership_auc(adapter, sets.forget_images, sets.forget_labels)
     out["wall_s"] = time.perf_counter() - started
-    out["images"] = {k: torch.stack(v) for k, v in shown.items()}
+    out["images"] = {k: torch.stack(v[:8]) for k, v in generated.items()}
     return out
+
+
+def _is_digits_judge(judge: Any) -> bool:
+    """FID against the test digits and the held-out MIA only make sense when the judge is the digits one."""
+    from fastunlearn.zoo.classifier import DigitsClassifier
+
+    return isinstance(judge, DigitsClassifier)
+
+
+def _original_weights(cfg: UnlearnConfig, adapter: Any) -> Path | bytes:
+    """What the manifest hashes as "before": the model's files when it came from the zoo or a directory,
+    else (a module or a hub download) the serialised weights as loaded."""
+    from fastunlearn import zoo
+
+    if zoo.is_zoo_ref(cfg.model):
+        return zoo.resolve(cfg.model)
+    if isinstance(cfg.model, (str, Path)) and Path(cfg.model).is_dir():
+        return Path(cfg.model)
+    from safetensors.torch import save as save_safetensors
+
+    return save_safetensors({k: v.detach().cpu().contiguous() for k, v in adapter.unet.state_dict().items()})
 
 
 def _jsonable(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -195,13 +226,15 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step) -> UnlearnResult:
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(cfg.to_yaml())
     started = time.perf_counter()
+    started_at = time.time()
+    weights_before = _original_weights(cfg, adapter)
 
     before = None
     if judge is not None:
         cached = work / "eval_before.pt"  # resume must not pay for (or change) the base model's evaluation
         before = torch.load(cached, weights_only=False) if cfg.resume and cached.is_file() else None
         if before is None:
-            before = evaluate(adapter, cfg, sets.forget_classes, judge)
+            before = evaluate(adapter, cfg, sets.forget_classes, judge, sets)
             torch.save(before, cached)
     settings = LoopSettings(
         steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, precision=cfg.precision,
@@ -211,7 +244,7 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step) -> UnlearnResult:
     loop = train(adapter, method, forget, retain, settings, work, on_step=on_step)
     method.finalize()
     adapter.unet.eval()
-    after = evaluate(adapter, cfg, sets.forget_classes, judge) if judge is not None else None
+    after = evaluate(adapter, cfg, sets.forget_classes, judge, sets) if judge is not None else None
 
     adapter.save_pretrained(work)
     paths = {"model": out_dir, "config": out_dir / "config.yaml", "metrics": out_dir / "metrics.json",
@@ -227,11 +260,45 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step) -> UnlearnResult:
     summary = {"forget": sets.description, "model": cfg.model, "method": cfg.method,
                "options": cfg.options, "before": _jsonable(before), "after": _jsonable(after), "train": train_info}
     (work / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    paths.update(_write_report_and_manifest(work, out_dir, cfg, adapter, sets, before, after, train_info,
+                                            weights_before, started_at))
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     (work / "eval_before.pt").unlink(missing_ok=True)
     _move_into_place(work, out_dir)
     return UnlearnResult(adapter=adapter, config=cfg, out_dir=out_dir, metrics_before=_jsonable(before),
                          metrics_after=_jsonable(after), train=train_info, paths=paths)
+
+
+def _write_report_and_manifest(work: Path, out_dir: Path, cfg: UnlearnConfig, adapter: Any, sets: Any,
+                               before: dict | None, after: dict | None, train_info: dict,
+                               weights_before: Path | bytes, started_at: float) -> dict[str, Path]:
+    """``report.html`` (what a person reads) and ``manifest.json`` (what a data-protection officer files)."""
+    import yaml
+
+    from fastunlearn.eval.manifest import build_manifest, eval_protocol, write_manifest
+    from fastunlearn.eval.report import read_history, write_report
+
+    write_report(work, config=yaml.safe_load(cfg.to_yaml()), metrics_before=_jsonable(before),
+                 metrics_after=_jsonable(after), history=read_history(work / "metrics.jsonl"),
+                 images_before=before["images"] if before else {}, images_after=after["images"] if after else {},
+                 headline={"forgotten": str(cfg.forget), "forget_classes": sets.forget_classes, "model": str(cfg.model),
+                           "method": cfg.method, "steps": train_info["steps"],
+                           "wall time": f"{train_info['job_wall_s']:.0f} s", "device": str(adapter.device),
+                           "finished": time.strftime("%Y-%m-%d %H:%M")})
+    hyperparameters = {**cfg.options, "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                       "seed": cfg.seed, "scope": cfg.scope, "precision": cfg.precision,
+                       "unconditional": cfg.unconditional}
+    manifest = build_manifest(
+        selector=cfg.forget, forget_images=sets.forget_images, forget_indices=sets.forget_indices,
+        retain_description=sets.description, method=cfg.method, hyperparameters=hyperparameters,
+        weights_before=weights_before, weights_after=work, metrics_before=_jsonable(before),
+        metrics_after=_jsonable(after), started_at=started_at, ended_at=time.time(), device=str(adapter.device),
+        forget_classes=list(sets.forget_classes),
+        eval_protocol=eval_protocol(cfg, list(range(adapter.num_classes or 0))) if before is not None else None,
+        model=str(cfg.model),
+    )
+    write_manifest(work, manifest)
+    return {"report": out_dir / "report.html", "manifest": out_dir / "manifest.json"}
 
 
 def run(

@@ -1,4 +1,4 @@
-"""The ``fastunlearn`` command: ``fastunlearn run | doctor``.
+"""The ``fastunlearn`` command: ``fastunlearn run | eval | verify | doctor``.
 
 A user mistake (a :class:`~fastunlearn.errors.UserInputError`) ends with one line on stderr and exit code 2,
 never a traceback.
@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_doc = sub.add_parser("doctor", help="versions, devices, the C++/CUDA extension and which kernel backend each op uses")
     p_doc.add_argument("--json", action="store_true", help="print the report as JSON")
     p_doc.set_defaults(func=_doctor)
+    from fastunlearn.cli_eval import add_subcommands
+
+    add_subcommands(sub)
     return parser
 
 
