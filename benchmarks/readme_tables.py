@@ -53,7 +53,36 @@ def ops_table() -> str:
     return "\n".join(lines).rstrip()
 
 
-TABLES = {"ops": ops_table}
+def methods_table() -> str:
+    """The method comparison written by bench_methods.py (its own markdown, without the title line)."""
+    path = RESULTS / "methods.md"
+    if not path.exists():
+        return "_not yet measured_"
+    lines = path.read_text().strip().splitlines()
+    return "\n".join(lines[1:] if lines and lines[0].startswith("#") else lines).strip()
+
+
+def step_table() -> str:
+    """The EraseDiff step benchmark (bench_step.py): latest run per device."""
+    path = RESULTS / "step.csv"
+    if not path.exists():
+        return "_not yet measured_"
+    with open(path) as fh:
+        rows = _latest_runs(list(csv.DictReader(fh)))
+    if not rows:
+        return "_not yet measured_"
+    columns = [c for c in rows[0] if c not in ("date", "torch", "commit", "device")]
+    lines = []
+    for device in sorted({r["device"] for r in rows}):
+        sample = next(r for r in rows if r["device"] == device)
+        lines += [f"**{device}** — torch {sample['torch']}, commit {sample['commit']}, {sample['date'][:10]}", "",
+                  "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows if r["device"] == device]
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+TABLES = {"ops": ops_table, "methods": methods_table, "step": step_table}
 
 
 def main() -> int:

@@ -12,3 +12,24 @@ def test_bench_ops_smoke():
     assert out.returncode == 0, out.stdout + out.stderr
     assert "dual_noise_loss fwd+bwd" in out.stdout and "bilevel_combine" in out.stdout
     assert "speedup" in out.stdout
+
+
+def test_bench_methods_smoke():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_methods.py"), "--smoke",
+                          "--methods", "erasediff,salun"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "erasediff" in out.stdout and "salun" in out.stdout
+
+
+def test_readme_tables_are_generated_from_results(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "benchmarks" / "readme_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    readme = (ROOT / "README.md").read_text()
+    for name, make in mod.TABLES.items():
+        assert f"<!-- {name}-table:start -->" in readme
+        # The committed README holds exactly what the script generates from the committed results.
+        block = readme.split(f"<!-- {name}-table:start -->\n", 1)[1].split(f"<!-- {name}-table:end -->", 1)[0]
+        assert block.strip() == make().strip(), f"README {name} table is stale: run python benchmarks/readme_tables.py"
