@@ -10,12 +10,12 @@ What is timed, per model and per-side batch size B (B forget rows and B retain r
 - ``fastunlearn`` — the library's step, through the registry: ``fastunlearn.methods.get("erasediff")`` over a
   :class:`~fastunlearn.models.ddpm.DDPMAdapter` with real :class:`~fastunlearn.methods.base.Batch` objects,
   ``lambda_rule=cosine`` (the rule the reference implements; the rule does not change the cost), its
-  default EMA, the fused ops on the active backend. One forward of [forget; retain] and two backwards.
-- ``fastunlearn-2pass`` — a PROPOSAL measured here, not library code: the same step (same ops, same flat
-  buffers, same combine/clip/Adam/EMA) but the forget and the retain rows run as two separate
-  forward+backward passes instead of one concatenated forward and two full backwards over it. On a
-  compute-bound device the concatenated form costs ≈11 forward-equivalents per step (target fwd 1 + fwd of
-  2B rows 2 + two backwards through the 2B-row graph 4 + 4), the two-pass form ≈7 (1 + 3 + 3).
+  default EMA, the fused ops on the active backend: one forward+backward per side (≈7 forward-equivalents:
+  target fwd 1 + 3 + 3).
+- ``fastunlearn-single-forward`` — the same step with ``single_forward=True``: one forward of [forget; retain]
+  and two full backwards through the 2B-row graph (≈11 forward-equivalents: 1 + 2 + 4 + 4).
+  Rows measured before commit "erasediff: two passes by default" name these two differently: there
+  ``fastunlearn`` is the single-forward step (then the default) and ``fastunlearn-2pass`` the two-pass one.
 - ``reference`` — :class:`reference_erasediff.ReferenceEraseDiff`, the authors' outer step (K = 2 inner forget
   steps on the live optimizer, separate forwards, two ``autograd.grad`` with retained graphs, ``torch.cat``
   flattening, a third backward, ``gc.collect()`` after each phase), ≈19 forward-equivalents.
@@ -155,38 +155,6 @@ def build(model: str, device: torch.device):
 
 
 # ---------------------------------------------------------------------- the proposed two-pass step
-def two_pass_step(m, forget_batch: methods.Batch, retain_batch: methods.Batch):
-    """The library's EraseDiff step with two separate forward+backward passes (a proposal, see the docstring).
-
-    Identical to ``EraseDiff.step`` except for how ∇L_f and ∇L_r are produced: the UNet has no cross-row
-    coupling (GroupNorm, not BatchNorm), so running the rows apart gives the same gradients with ≈7 instead
-    of ≈11 forward-equivalents.
-    """
-    f, target_f = m._forget_inputs(forget_batch)
-    r = m._retain_inputs(retain_batch)
-    flat = m.flat
-    m.g_forget.zero_()
-    flat.bind(m.g_forget)
-    pred_f = m.adapter.predict(f.x_t, f.t, f.labels)
-    loss_f, _ = dual_noise_loss(pred_f, target_f.to(pred_f.dtype), pred_f.shape[0])
-    loss_f.backward()
-    flat.buffer.zero_()
-    flat.bind(flat.buffer)
-    pred_r = m.adapter.predict(r.x_t, r.t, r.labels)
-    _, loss_r = dual_noise_loss(pred_r, r.noise.to(pred_r.dtype), 0)
-    loss_r.backward()
-    _, lam, finite = bilevel_combine(flat.buffer, m.g_forget, m.opts.lambda_rule, m.opts.eta, out=flat.buffer)
-    flat.buffer.masked_fill_(~finite, 0.0)
-    grad_norm = flat.buffer.norm()
-    if m.opts.grad_clip > 0:
-        flat.buffer.mul_((m.opts.grad_clip / (grad_norm + 1e-6)).clamp(max=1.0))
-    m.optimizer.step()
-    if m.ema is not None:
-        with torch.no_grad():
-            torch._foreach_lerp_(m.ema, [p.detach() for p in m.params], 1.0 - m.opts.ema_decay)
-    return {"loss_forget": loss_f.detach(), "loss_retain": loss_r.detach(), "lambda": lam}
-
-
 # ---------------------------------------------------------------------- implementations under test
 class Sides:
     """Draws the forget rows (class 0) and the retain rows (other classes) of step i, the same for every impl."""
@@ -204,7 +172,7 @@ class Sides:
                 torch.Generator().manual_seed(2000 + i))
 
 
-def make_impls(adapter, retained, sides: Sides, names=("fastunlearn", "fastunlearn-2pass", "reference")):
+def make_impls(adapter, retained, sides: Sides, names=("fastunlearn", "fastunlearn-single-forward", "reference")):
     """({name: step(i)}, {name: method object}) — each implementation on its own deep copy of the model."""
     impls, objs = {}, {}
     for name in [n for n in names if n.startswith("fastunlearn")]:
@@ -212,14 +180,15 @@ def make_impls(adapter, retained, sides: Sides, names=("fastunlearn", "fastunlea
         a.unet = copy.deepcopy(adapter.unet)
         cls = methods.get("erasediff")
         m = cls()
-        opts = methods.parse_options("erasediff", {"lambda_rule": "cosine", "eta": ETA})
+        opts = methods.parse_options("erasediff", {"lambda_rule": "cosine", "eta": ETA,
+                                                   "single_forward": name.endswith("single-forward")})
         m.setup(a, methods.MethodConfig(lr=LR, options=opts, forget_classes=(FORGET_CLASS,),
                                         retain_classes=tuple(retained)))
 
-        def run(i, m=m, two=name.endswith("2pass")):
+        def run(i, m=m):
             fx, fy, rx, ry, gen = sides.draw(i)
             fb, rb = methods.Batch(fx, fy, gen), methods.Batch(rx, ry, gen)
-            return two_pass_step(m, fb, rb) if two else m.step(fb, rb)
+            return m.step(fb, rb)
 
         impls[name], objs[name] = run, m
     if "reference" not in names:
@@ -396,7 +365,7 @@ def plot(rows, path: Path) -> None:
     models = sorted({r["model"] for r in rows})
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for impl, style in (("reference", "o-"), ("fastunlearn", "s-"), ("fastunlearn-2pass", "^--")):
+        for impl, style in (("reference", "o-"), ("fastunlearn", "s-"), ("fastunlearn-single-forward", "^--"), ("fastunlearn-2pass", "^--")):
             pts = sorted((r["batch"], r["median_ms"] / 1e3) for r in rows if r["model"] == model and r["impl"] == impl)
             if pts:
                 ax.plot(*zip(*pts), style, label=impl)

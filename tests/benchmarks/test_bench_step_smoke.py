@@ -13,6 +13,6 @@ def test_bench_step_smoke(tmp_path):
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # hang guard; ~15 s idle, 43 s at load avg 6
     assert out.returncode == 0, out.stdout + out.stderr
     table = out.stdout[out.stdout.index("speedup_vs_ref"):]
-    for impl in ("fastunlearn", "fastunlearn-2pass", "reference"):
+    for impl in ("fastunlearn", "fastunlearn-single-forward", "reference"):
         assert f" {impl} " in table, out.stdout
     assert not list(tmp_path.iterdir()), "--smoke must write nothing"
