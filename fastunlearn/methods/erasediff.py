@@ -40,7 +40,8 @@ import torch
 
 from fastunlearn.errors import UserInputError
 from fastunlearn.methods.base import Batch, MethodConfig, register
-from fastunlearn.ops import FlatGrads, bilevel_combine, dual_noise_loss
+from fastunlearn.methods.gradient import GradientMethod
+from fastunlearn.ops import bilevel_combine, dual_noise_loss
 
 TARGETS = ("pseudo_label", "uniform")
 LAMBDA_RULES = ("bome", "cosine", "fixed")
@@ -79,8 +80,12 @@ class EraseDiffOptions:
 
 
 @register("erasediff")
-class EraseDiff:
-    """The EraseDiff update rule over any Adapter (see the module docstring for the formulas)."""
+class EraseDiff(GradientMethod):
+    """The EraseDiff update rule over any Adapter (see the module docstring for the formulas).
+
+    The flat buffers, Adam, clip, EMA and checkpoint state come from :class:`GradientMethod`; EraseDiff adds
+    the second buffer for ∇L_f and the bi-level combination.
+    """
 
     name: ClassVar[str]
     Options: ClassVar[type] = EraseDiffOptions
@@ -115,16 +120,8 @@ class EraseDiff:
             self._pseudo_classes = torch.tensor(sorted(set(retained)), dtype=torch.long)
         if self.unconditional and adapter.conditional and adapter.null_label is None:
             raise UserInputError("--unconditional on a class-conditional model needs a null class; this model has none")
-        # Only the scope trains: frozen parameters must not accumulate gradients outside the flat buffer.
-        for p in adapter.unet.parameters():
-            p.requires_grad_(False)
-        self.params = adapter.parameters(config.scope)
-        for p in self.params:
-            p.requires_grad_(True)
-        self.flat = FlatGrads(self.params)
+        self.setup_params(adapter, config)
         self.g_forget = self.flat.new_buffer()
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, betas=(opts.adam_beta1, opts.adam_beta2))
-        self.ema = [p.detach().clone() for p in self.params] if opts.ema_decay > 0 else None
 
     # ------------------------------------------------------------------ the step
     def _forget_inputs(self, batch: Batch):
@@ -192,17 +189,8 @@ class EraseDiff:
         loss_f, loss_r = gradients(f, target_f, r)
         flat = self.flat
         _, lam, finite = bilevel_combine(flat.buffer, self.g_forget, self.opts.lambda_rule, self.opts.eta, out=flat.buffer)
-        # A non-finite gradient would poison Adam's moments; zero it (no host check) and report `finite`.
-        flat.buffer.masked_fill_(~finite, 0.0)
-        grad_norm = flat.buffer.norm()
-        if self.opts.grad_clip > 0:
-            flat.buffer.mul_((self.opts.grad_clip / (grad_norm + 1e-6)).clamp(max=1.0))
-        self.optimizer.step()
-        if self.ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - self.opts.ema_decay)
         metrics = {"loss_forget": loss_f.detach(), "loss_retain": loss_r.detach(), "lambda": lam,
-                   "grad_norm": grad_norm.detach(), "finite": finite.float()}
+                   **self.apply_update(finite)}
         if self.opts.inner_steps > 0:
             metrics["q_hat"] = self._q_hat(f, target_f)
         return metrics
@@ -230,25 +218,6 @@ class EraseDiff:
             opt.step()
         with torch.no_grad():
             return (start - forget_loss()).detach()
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "ema": [e.clone() for e in self.ema] if self.ema else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            if state.get("ema") is None:
-                raise UserInputError("the checkpoint has no EMA weights but this run uses ema_decay > 0")
-            for e, saved in zip(self.ema, state["ema"]):
-                e.copy_(saved)
-
-    def finalize(self) -> None:
-        """Leave the model holding the weights to save: the EMA when on."""
-        if self.ema is not None:
-            with torch.no_grad():
-                for p, e in zip(self.params, self.ema):
-                    p.copy_(e)
 
 
 __all__ = ["EraseDiff", "EraseDiffOptions", "TARGETS", "LAMBDA_RULES"]

@@ -6,10 +6,7 @@ No term mentions the forget set: forgetting comes only from catastrophic interfe
 well-trained DDPM is slow — the baseline every unlearning paper (e.g. SalUn, Fan et al., ICLR 2024) reports
 to show that plain retraining on D_r does not erase a class within a small budget.
 
-This module also holds :class:`GradientMethod`, the plumbing the single-gradient baselines share
-(``finetune``, ``gradient_ascent``, ``salun``, ``selective_amnesia``): trainable scope, one flat gradient
-buffer (:class:`fastunlearn.ops.FlatGrads`), Adam, non-finite guard, global-norm clip, optional EMA, and
-the optimizer/EMA state for checkpoints — all on the device, with no host read in a step.
+The shared plumbing (flat gradient buffer, Adam, clip, EMA, state) is :class:`fastunlearn.methods.gradient.GradientMethod`.
 """
 from __future__ import annotations
 
@@ -18,92 +15,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from fastunlearn.errors import UserInputError
 from fastunlearn.methods.base import Batch, MethodConfig, register
-from fastunlearn.ops import FlatGrads, dual_noise_loss
-
-
-def check_common(name: str, grad_clip: float, ema_decay: float) -> None:
-    """Range checks shared by the baselines' ``Options.validate``."""
-    if grad_clip != grad_clip:  # NaN
-        raise UserInputError(f"{name} grad_clip must be a number, got {grad_clip}")
-    if not 0.0 <= ema_decay < 1.0:
-        raise UserInputError(f"{name} ema_decay must be in [0, 1), got {ema_decay}")
-
-
-class GradientMethod:
-    """Base of the baselines: one loss → one backward into ``self.flat.buffer`` → :meth:`apply_update`.
-
-    Subclasses set ``Options`` (with ``grad_clip`` and ``ema_decay`` fields), call :meth:`setup_params`
-    from ``setup`` and :meth:`apply_update` at the end of ``step``.
-    """
-
-    name: ClassVar[str]
-    Options: ClassVar[type]
-
-    def setup_params(self, adapter: Any, config: MethodConfig) -> None:
-        self.adapter, self.opts, self.config = adapter, config.options, config
-        # Only the scope trains: frozen parameters must not accumulate gradients outside the flat buffer.
-        for p in adapter.unet.parameters():
-            p.requires_grad_(False)
-        self.params = adapter.parameters(config.scope)
-        for p in self.params:
-            p.requires_grad_(True)
-        self.flat = FlatGrads(self.params)
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
-        decay = getattr(self.opts, "ema_decay", 0.0)
-        self.ema = [p.detach().clone() for p in self.params] if decay > 0 else None
-
-    def backward(self, loss: torch.Tensor) -> None:
-        """∇loss → the flat buffer the optimizer reads (zeroed first)."""
-        self.flat.buffer.zero_()
-        self.flat.bind(self.flat.buffer)
-        loss.backward()
-
-    def apply_update(self) -> dict[str, torch.Tensor]:
-        """Non-finite guard, clip, Adam, EMA on the gradient in the flat buffer; returns its metrics."""
-        buf = self.flat.buffer
-        # A non-finite gradient would poison Adam's moments; zero it on the device and report `finite`.
-        finite = torch.isfinite(buf).all()
-        buf.masked_fill_(~finite, 0.0)
-        grad_norm = buf.norm()
-        clip = self.opts.grad_clip
-        if clip > 0:
-            buf.mul_((clip / (grad_norm + 1e-6)).clamp(max=1.0))
-        self.optimizer.step()
-        if self.ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - self.opts.ema_decay)
-        return {"grad_norm": grad_norm.detach(), "finite": finite.float()}
-
-    def retain_inputs(self, batch: Batch):
-        return self.adapter.noised_batch(batch.images, batch.labels, batch.generator)
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "ema": [e.clone() for e in self.ema] if self.ema else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            if state.get("ema") is None:
-                raise UserInputError("the checkpoint has no EMA weights but this run uses ema_decay > 0")
-            for e, saved in zip(self.ema, state["ema"]):
-                e.copy_(saved)
-
-    def finalize(self) -> None:
-        """Leave the model holding the weights to save: the EMA when on."""
-        if self.ema is not None:
-            with torch.no_grad():
-                for p, e in zip(self.params, self.ema):
-                    p.copy_(e)
-
-
-def retained_classes(adapter: Any, config: MethodConfig) -> list[int]:
-    """The classes that stay: ``config.retain_classes`` if given, else every real class not forgotten."""
-    forgotten = set(config.forget_classes)
-    pool = config.retain_classes or tuple(range(adapter.num_classes or 0))
-    return sorted({int(c) for c in pool if c not in forgotten})
+from fastunlearn.methods.gradient import GradientMethod, check_common
+from fastunlearn.ops import dual_noise_loss
 
 
 @dataclass(frozen=True)
@@ -140,4 +54,4 @@ class Finetune(GradientMethod):
         return {"loss_retain": loss_r.detach(), **self.apply_update()}
 
 
-__all__ = ["Finetune", "FinetuneOptions", "GradientMethod", "retained_classes", "check_common"]
+__all__ = ["Finetune", "FinetuneOptions"]

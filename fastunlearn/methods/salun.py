@@ -28,7 +28,7 @@ import torch
 
 from fastunlearn.errors import UserInputError
 from fastunlearn.methods.base import Batch, MethodConfig, register
-from fastunlearn.methods.finetune import GradientMethod, check_common, retained_classes
+from fastunlearn.methods.gradient import GradientMethod, check_common, retained_classes
 from fastunlearn.ops import dual_noise_loss
 
 
