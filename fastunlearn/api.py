@@ -136,11 +136,12 @@ def _jsonable(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
 def _prepare(cfg: UnlearnConfig):
     """Load and check everything (model, data, method) — raises before any file is written."""
     from fastunlearn.data.selection import select_forget_retain
-    from fastunlearn.engine import SampleSet, prepare_model, resolve_device
+    from fastunlearn.engine import SampleSet, prepare_model, resolve_device, resolve_fast_path
     from fastunlearn.methods import base as methods
     from fastunlearn.models.ddpm import load_adapter
 
     device = resolve_device(cfg.device)
+    fast = resolve_fast_path(cfg, device)
     adapter = load_adapter(cfg.model)
     c, h, w = adapter.image_shape
     if cfg.unconditional and adapter.conditional and adapter.null_label is None:
@@ -164,13 +165,14 @@ def _prepare(cfg: UnlearnConfig):
 
     forget = SampleSet(sets.forget_images, labels_for(sets.forget_labels, "forget"))
     retain = SampleSet(sets.retain_images, labels_for(sets.retain_labels, "retain"))
-    prepare_model(adapter, device, cfg.compile)
+    prepare_model(adapter, device, fast)
     method = methods.get(cfg.method)()
     method.setup(adapter, methods.MethodConfig(
         lr=float(cfg.lr), options=methods.parse_options(cfg.method, cfg.options),
         forget_classes=tuple(sets.forget_classes), retain_classes=tuple(sets.retain_classes),
-        unconditional=cfg.unconditional, scope=cfg.scope,
+        unconditional=cfg.unconditional, scope=cfg.scope, fused_optimizer=fast.fused_optimizer,
     ))
+    adapter.fast_path = fast  # recorded in the manifest
     judge = _judge(adapter) if cfg.evaluate else None
     if cfg.evaluate and cfg.unconditional and not sets.forget_classes:
         raise UserInputError("--unconditional evaluation needs a labelled forget set (e.g. class:0)")
@@ -214,6 +216,7 @@ def run_config(cfg: UnlearnConfig, on_step=None) -> UnlearnResult:
 
 def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step) -> UnlearnResult:
     from fastunlearn.engine import LoopSettings, cpu_threads, train
+    from fastunlearn.engine.loop import check_finite_weights
     from fastunlearn.eval.grids import save_class_grid
 
     adapter, method, forget, retain, sets, judge = _prepare(cfg)
@@ -237,7 +240,8 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step) -> UnlearnResult:
             before = evaluate(adapter, cfg, sets.forget_classes, judge, sets)
             torch.save(before, cached)
     settings = LoopSettings(
-        steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, precision=cfg.precision,
+        steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, precision=adapter.fast_path.precision,
+        max_skipped_steps=cfg.max_skipped_steps,
         checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=cfg.progress,
         resume=cfg.resume, fingerprint=cfg.fingerprint(),
     )
@@ -246,6 +250,7 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step) -> UnlearnResult:
     adapter.unet.eval()
     after = evaluate(adapter, cfg, sets.forget_classes, judge, sets) if judge is not None else None
 
+    check_finite_weights(adapter)
     adapter.save_pretrained(work)
     paths = {"model": out_dir, "config": out_dir / "config.yaml", "metrics": out_dir / "metrics.json",
              "metrics_jsonl": out_dir / "metrics.jsonl"}
@@ -256,7 +261,8 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step) -> UnlearnResult:
             paths[f"samples_{name}"] = out_dir / f"samples_{name}.png"
     train_info = {"steps": loop.steps, "resumed_from": loop.resumed_from, "train_wall_s": loop.wall_s,
                   "steps_per_s": (loop.steps - loop.resumed_from) / max(loop.wall_s, 1e-9),
-                  "last_metrics": loop.last_metrics, "job_wall_s": time.perf_counter() - started}
+                  "last_metrics": loop.last_metrics, "skipped_steps": loop.skipped_steps,
+                  "fast_path": adapter.fast_path.as_dict(), "job_wall_s": time.perf_counter() - started}
     summary = {"forget": sets.description, "model": cfg.model, "method": cfg.method,
                "options": cfg.options, "before": _jsonable(before), "after": _jsonable(after), "train": train_info}
     (work / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -284,10 +290,11 @@ def _write_report_and_manifest(work: Path, out_dir: Path, cfg: UnlearnConfig, ad
                  headline={"forgotten": str(cfg.forget), "forget_classes": sets.forget_classes, "model": str(cfg.model),
                            "method": cfg.method, "steps": train_info["steps"],
                            "wall time": f"{train_info['job_wall_s']:.0f} s", "device": str(adapter.device),
+                           "skipped steps (non-finite)": train_info.get("skipped_steps", 0),
                            "finished": time.strftime("%Y-%m-%d %H:%M")})
     hyperparameters = {**cfg.options, "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                       "seed": cfg.seed, "scope": cfg.scope, "precision": cfg.precision,
-                       "unconditional": cfg.unconditional}
+                       "seed": cfg.seed, "scope": cfg.scope, "unconditional": cfg.unconditional,
+                       "fast_path": train_info["fast_path"]}
     manifest = build_manifest(
         selector=cfg.forget, forget_images=sets.forget_images, forget_indices=sets.forget_indices,
         retain_description=sets.description, method=cfg.method, hyperparameters=hyperparameters,

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from fastunlearn.errors import UserInputError
+from fastunlearn.errors import FastUnlearnError, UserInputError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,7 +26,8 @@ _RUN_FLAGS = {
     "model": "model", "forget": "forget", "retain": "retain", "method": "method", "steps": "steps",
     "batch_size": "batch_size", "lr": "lr", "seed": "seed", "out": "out_dir", "checkpoint_every": "checkpoint_every",
     "device": "device", "precision": "precision", "eval_per_class": "eval_per_class", "eval_steps": "eval_steps",
-    "scope": "scope", "threads": "threads",
+    "scope": "scope", "threads": "threads", "attention": "attention", "max_skipped_steps": "max_skipped_steps",
+    "compile": "compile", "channels_last": "channels_last", "fused_optimizer": "fused_optimizer",
 }
 #: Shortcuts for the most used EraseDiff options (equal to --option KEY=VALUE).
 _OPTION_FLAGS = ("target", "lambda_rule", "eta")
@@ -47,7 +48,7 @@ def _run_config(args: argparse.Namespace):
     if args.config is not None:
         cfg = UnlearnConfig.from_yaml(args.config, base=cfg)
     values = {key: getattr(args, flag) for flag, key in _RUN_FLAGS.items() if getattr(args, flag) is not None}
-    for flag in ("unconditional", "resume", "compile"):
+    for flag in ("unconditional", "resume", "cuda_graphs", "grad_checkpointing", "trust_pickle"):
         if getattr(args, flag):
             values[flag] = True
     if args.no_eval:
@@ -106,8 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--unconditional", action="store_true",
                        help="forget the class from the model's unconditional generations")
     p_run.add_argument("--device", help="auto (default), cpu or cuda[:N]")
-    p_run.add_argument("--precision", help="fp32 (default) or bf16")
-    p_run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    fast = p_run.add_argument_group("fast path", "each defaults to what was measured fastest on the device (README, Fast path)")
+    fast.add_argument("--precision", help="auto (default: bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16")
+    fast.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                      help="torch.compile the UNet (default: on for CUDA, off on CPU)")
+    fast.add_argument("--attention", help="auto (default: xformers when importable on CUDA, else sdpa), sdpa, xformers, eager")
+    fast.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                      help="channels-last memory format (default: on for CUDA, off on CPU)")
+    fast.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=None,
+                      help="fused Adam kernel (default: on where torch has one)")
+    fast.add_argument("--cuda-graphs", action="store_true", help="capture the compiled UNet in CUDA graphs (CUDA only)")
+    p_run.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward to save memory")
+    p_run.add_argument("--max-skipped-steps", type=int, metavar="N",
+                       help="abort after N consecutive steps skipped for a non-finite gradient (default 10)")
+    p_run.add_argument("--trust-pickle", action="store_true",
+                       help="allow pickle weight files (.bin/.pt/.ckpt): they can run code; only for files you trust")
     p_run.add_argument("--threads", type=int, help="CPU threads (default: 1 for small models on CPU)")
     p_run.add_argument("--scope", help="parameters to train: all (default) or attention")
     p_run.add_argument("--eval-per-class", type=int, help="generations per class in each evaluation (default 100)")
@@ -139,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"fastunlearn: error: {message}", file=sys.stderr)
         return 2
+    except FastUnlearnError as exc:  # not the input's fault but actionable (out of memory, non-finite training)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"fastunlearn: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import yaml
 
 from fastunlearn.errors import UserInputError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
+ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "eager")
 
 
 @dataclass
@@ -45,8 +46,17 @@ class UnlearnConfig:
     resume: bool = False  #: continue the run of ``out_dir`` from its latest checkpoint
     log_every: int = 10  #: steps between metric reads (progress bar, metrics.jsonl)
     device: str = "auto"
-    precision: str = "fp32"  #: fp32, or bf16 autocast with fp32 master weights
-    compile: bool = False  #: torch.compile the model
+    # ---- the fast path (engine/fastpath.py resolves "auto" per device; README "Fast path" has the measurements)
+    precision: str = "auto"  #: auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 autocast with fp32 master weights
+    compile: bool | str = "auto"  #: torch.compile the UNet: auto (on for CUDA, off on CPU), true, false
+    attention: str = "auto"  #: auto (xformers when importable on CUDA, else SDPA), sdpa, xformers, eager
+    channels_last: bool | str = "auto"  #: channels-last memory format: auto (on for CUDA, off on CPU), true, false
+    fused_optimizer: bool | str = "auto"  #: fused Adam kernel: auto (where torch has one: CPU, CUDA), true, false
+    cuda_graphs: bool = False  #: capture the compiled step in CUDA graphs (torch.compile mode reduce-overhead)
+    grad_checkpointing: bool = False  #: recompute activations in the backward to save memory
+    #: consecutive steps skipped for a non-finite gradient before the run aborts
+    max_skipped_steps: int = 10
+    trust_pickle: bool = False  #: allow loading pickle (.bin/.pt/.ckpt) weights: only for files you trust
     threads: int | None = None  #: CPU threads; None: 1 for small models (< 10M parameters) on CPU, else torch's default
     scope: str = "all"  #: which parameters train: all, attention
     progress: bool = True
@@ -151,12 +161,22 @@ class UnlearnConfig:
                 raise UserInputError(f"{key} must be an integer >= 0, got {value!r}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise UserInputError(f"lr must be a positive number, got {self.lr!r}")
-        for key in ("unconditional", "evaluate", "resume", "compile", "progress"):
+        for key in ("unconditional", "evaluate", "resume", "progress", "cuda_graphs", "grad_checkpointing",
+                    "trust_pickle"):
             if not isinstance(getattr(self, key), bool):
                 raise UserInputError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
                                          or self.threads <= 0):
             raise UserInputError(f"threads must be a positive integer or null, got {self.threads!r}")
+        for key in ("compile", "channels_last", "fused_optimizer"):
+            if not isinstance(getattr(self, key), bool) and getattr(self, key) != "auto":
+                raise UserInputError(f"{key} must be auto, true or false, got {getattr(self, key)!r}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise UserInputError(
+                f"unknown attention backend {self.attention!r}; expected one of {', '.join(ATTENTION_BACKENDS)}")
+        if not isinstance(self.max_skipped_steps, int) or isinstance(self.max_skipped_steps, bool) \
+                or self.max_skipped_steps <= 0:
+            raise UserInputError(f"max_skipped_steps must be a positive integer, got {self.max_skipped_steps!r}")
         if self.precision not in PRECISIONS:
             raise UserInputError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if not isinstance(self.model, str) or not self.model:
@@ -186,4 +206,4 @@ def parse_option_pairs(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-__all__ = ["UnlearnConfig", "parse_option_pairs", "PRECISIONS"]
+__all__ = ["UnlearnConfig", "parse_option_pairs", "PRECISIONS", "ATTENTION_BACKENDS"]

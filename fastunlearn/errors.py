@@ -16,3 +16,11 @@ class UserInputError(FastUnlearnError, ValueError):
 
 class BackendUnavailableError(FastUnlearnError, RuntimeError):
     """A forced kernel backend (``FASTUNLEARN_BACKEND``) cannot serve the given tensors; the message lists why."""
+
+
+class NumericalError(FastUnlearnError, RuntimeError):
+    """Training produced non-finite gradients for too many consecutive steps, or non-finite weights."""
+
+
+class OutOfMemoryError(FastUnlearnError, RuntimeError):
+    """A step ran out of device memory; the message gives the batch size, the model size and what to change."""

@@ -21,10 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from fastunlearn.engine import checkpoint as ckpt
-from fastunlearn.errors import UserInputError
+from fastunlearn.errors import NumericalError, OutOfMemoryError, UserInputError
 from fastunlearn.methods.base import Batch
 
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -51,6 +50,8 @@ class LoopSettings:
     log_every: int = 10
     progress: bool = True
     resume: bool = False
+    #: abort after this many consecutive steps skipped for a non-finite gradient (read every ``log_every``)
+    max_skipped_steps: int = 10
     #: Training-relevant settings stored in checkpoints; resume refuses a checkpoint whose fingerprint differs.
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
@@ -61,6 +62,7 @@ class LoopResult:
     resumed_from: int  #: the checkpoint step resumed from (0 for a fresh run)
     wall_s: float  #: wall time of this invocation's steps
     last_metrics: dict[str, float]
+    skipped_steps: int = 0  #: steps of this invocation skipped for a non-finite gradient
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -74,18 +76,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserInputError(f"device {device!r} was asked for but CUDA is not available")
     return dev
-
-
-def prepare_model(adapter: Any, device: torch.device, compile: bool = False) -> Any:
-    """Move the adapter's model to ``device`` (fp32 master weights) and optionally ``torch.compile`` it."""
-    # fp32 master weights; `.to(dtype)` only when needed (diffusers warns on a no-op dtype cast).
-    if any(p.dtype != torch.float32 for p in adapter.unet.parameters()):
-        adapter.unet.to(dtype=torch.float32)
-    adapter.unet.to(device=device)
-    adapter.unet.train()
-    if compile:
-        adapter.unet = torch.compile(adapter.unet)
-    return adapter
 
 
 #: Below this many parameters a CPU step is a few milliseconds of work per op, and intra-op threads
@@ -114,12 +104,38 @@ def _autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    raise UserInputError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    raise UserInputError(f"unknown precision {precision!r}; expected fp32 or bf16")
 
 
 def _batch(data: SampleSet, n: int, generator: torch.Generator) -> Batch:
     idx = torch.randint(0, len(data), (n,), generator=generator)
     return Batch(images=data.images[idx], labels=data.labels[idx], generator=generator)
+
+
+#: torch.OutOfMemoryError (torch ≥ 2.5) or its older CUDA-only name.
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def _model_size(adapter: Any) -> str:
+    n = sum(p.numel() for p in adapter.unet.parameters())
+    return f"{n / 1e6:.1f}M parameters"
+
+
+def _out_of_memory(adapter: Any, settings: LoopSettings, exc: BaseException) -> OutOfMemoryError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return OutOfMemoryError(
+        f"out of memory on {adapter.device} at batch size {settings.batch_size} per side "
+        f"({2 * settings.batch_size} rows a step) with a {_model_size(adapter)} model ({first}). "
+        "Try a smaller --batch-size, --grad-checkpointing, --precision bf16, or more GPUs (torchrun)."
+    )
+
+
+def check_finite_weights(adapter: Any) -> None:
+    """Raise :class:`NumericalError` naming the first parameter holding a NaN/Inf (never save such weights)."""
+    for name, p in adapter.unet.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise NumericalError(f"the weights became non-finite ({name} holds NaN/Inf); nothing was saved. "
+                                 "Lower --lr or use --precision fp32.")
 
 
 def _trim_jsonl(path: Path, last_step: int) -> None:
@@ -175,6 +191,11 @@ def train(
 
     sums: dict[str, torch.Tensor] = {}
     count = 0
+    # Non-finite guard, on the device: the current run of consecutive skips and its longest run since the
+    # last read (reading them every step would be a host sync).
+    zero = torch.zeros((), device=device)
+    run_len, longest, skipped_total = zero.clone(), zero.clone(), zero.clone()
+    skipped_seen = 0
     last: dict[str, float] = {}
     t_start = time.perf_counter()
     t_log, step_log = t_start, start_step
@@ -186,8 +207,16 @@ def train(
                 gen = torch.Generator().manual_seed(step_seed(settings.seed, step))
                 fb = _batch(forget, settings.batch_size, gen)
                 rb = _batch(retain, settings.batch_size, gen)
-                with autocast:
-                    metrics = method.step(fb, rb)
+                try:
+                    with autocast:
+                        metrics = method.step(fb, rb)
+                except _OOM as exc:
+                    raise _out_of_memory(adapter, settings, exc) from None
+                skipped = metrics.get("skipped")
+                if skipped is not None:
+                    run_len = (run_len + skipped) * skipped
+                    longest = torch.maximum(longest, run_len)
+                    skipped_total = skipped_total + skipped
                 for k, v in metrics.items():
                     v = v.detach().float()
                     sums[k] = sums[k] + v if k in sums else v.clone()
@@ -195,17 +224,27 @@ def train(
                 bar.update(1)
                 if step % settings.log_every == 0 or step == settings.steps:
                     keys = list(sums)
-                    values = torch.stack([sums[k] for k in keys]).cpu().tolist()  # the one host sync
+                    *values, n_long, n_skip = torch.stack(
+                        [sums[k] for k in keys] + [longest, skipped_total]).cpu().tolist()  # the one host sync
                     now = time.perf_counter()
                     last = {k: v / count for k, v in zip(keys, values)}
-                    record = {"step": step, **last, "steps_per_s": (step - step_log) / max(now - t_log, 1e-9),
+                    skipped_seen = int(n_skip)
+                    if n_long >= settings.max_skipped_steps:
+                        raise NumericalError(
+                            f"{int(n_long)} consecutive steps (up to step {step}) had a non-finite gradient and "
+                            f"were skipped (limit {settings.max_skipped_steps}); the weights were left as they "
+                            "were. Lower --lr, use --precision fp32, or check the data and model for NaN/Inf.")
+                    longest = torch.zeros_like(longest)
+                    record = {"step": step, **last, "skipped_total": skipped_seen, "steps_per_s": (step - step_log) / max(now - t_log, 1e-9),
                               "elapsed_s": now - t_start}
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                     bar.set_postfix({"L_f": f"{last.get('loss_forget', 0):.4f}", "L_r": f"{last.get('loss_retain', 0):.4f}",
-                                     "λ": f"{last.get('lambda', 0):.3f}", "it/s": f"{record['steps_per_s']:.2f}"})
+                                     "λ": f"{last.get('lambda', 0):.3f}", "skip": skipped_seen,
+                                     "it/s": f"{record['steps_per_s']:.2f}"})
                     sums, count, t_log, step_log = {}, 0, now, step
                 if settings.checkpoint_every > 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
+                    check_finite_weights(adapter)
                     ckpt.save_checkpoint(ckpt_dir, step, {
                         "step": step, "model": adapter.state_dict(), "method": method.state_dict(),
                         "rng": ckpt.rng_state(), "fingerprint": settings.fingerprint,
@@ -215,7 +254,8 @@ def train(
     finally:
         bar.close()
     return LoopResult(steps=settings.steps, resumed_from=start_step, wall_s=time.perf_counter() - t_start,
-                      last_metrics=last)
+                      last_metrics=last, skipped_steps=skipped_seen)
 
 
-__all__ = ["SampleSet", "LoopSettings", "LoopResult", "train", "prepare_model", "resolve_device", "step_seed", "cpu_threads", "PRECISIONS"]
+__all__ = ["SampleSet", "LoopSettings", "LoopResult", "train", "resolve_device", "step_seed", "cpu_threads",
+           "check_finite_weights"]

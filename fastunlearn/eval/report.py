@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 #: History keys that are bookkeeping, not curves.
-_NOT_CURVES = {"step", "elapsed_s", "steps_per_s", "finite"}
+_NOT_CURVES = {"step", "elapsed_s", "steps_per_s", "finite", "skipped", "skipped_total"}
 #: Preferred curve order and titles; other numeric keys follow in their own order.
 _CURVES = {"loss_forget": "forget loss L_f (inner, constrained)", "loss_retain": "retain loss L_r (outer objective)",
            "q_hat": "constraint q̂", "lambda": "λ (bi-level multiplier)", "grad_norm": "gradient norm"}

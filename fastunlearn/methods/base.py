@@ -43,6 +43,9 @@ class MethodConfig:
     retain_classes: tuple[int, ...] = ()
     unconditional: bool = False
     scope: str = "all"
+    #: use torch's fused Adam (resolved per device by the engine's fast path); it also lets a non-finite
+    #: step be skipped on the device (``found_inf``)
+    fused_optimizer: bool = False
 
 
 @runtime_checkable

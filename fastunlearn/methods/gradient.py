@@ -43,7 +43,8 @@ class GradientMethod:
             p.requires_grad_(True)
         self.flat = FlatGrads(self.params)
         betas = (getattr(self.opts, "adam_beta1", 0.9), getattr(self.opts, "adam_beta2", 0.999))
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, betas=betas)
+        self.fused = bool(config.fused_optimizer)
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, betas=betas, fused=True if self.fused else None)
         decay = getattr(self.opts, "ema_decay", 0.0)
         self.ema = [p.detach().clone() for p in self.params] if decay > 0 else None
 
@@ -57,13 +58,18 @@ class GradientMethod:
         """Non-finite guard, clip, Adam, EMA on the gradient in the flat buffer; returns its metrics.
 
         ``finite`` is the device flag when the caller already has it (``bilevel_combine`` computes it in its
-        reduction pass); otherwise it is computed here.
+        reduction pass); otherwise it is computed here. A non-finite gradient would poison Adam's moments:
+        the fused optimizer skips the step on the device (``found_inf``: no weight, moment or step-count
+        change); the unfused one gets a zero gradient instead. ``skipped`` (0/1) reports it; the engine
+        counts skips and aborts after too many in a row.
         """
         buf = self.flat.buffer
-        # A non-finite gradient would poison Adam's moments; zero it on the device and report `finite`.
         if finite is None:
             finite = torch.isfinite(buf).all()
+        skipped = (~finite).float()
         buf.masked_fill_(~finite, 0.0)
+        if self.fused:
+            self.optimizer.found_inf = skipped
         grad_norm = buf.norm()
         clip = self.opts.grad_clip
         if clip > 0:
@@ -72,7 +78,7 @@ class GradientMethod:
         if self.ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - self.opts.ema_decay)
-        return {"grad_norm": grad_norm.detach(), "finite": finite.float()}
+        return {"grad_norm": grad_norm.detach(), "skipped": skipped}
 
     def retain_inputs(self, batch: Batch):
         return self.adapter.noised_batch(batch.images, batch.labels, batch.generator)
