@@ -10,8 +10,12 @@ What is timed, per model and per-side batch size B (B forget rows and B retain r
 - ``fastunlearn`` — the library's step, through the registry: ``fastunlearn.methods.get("erasediff")`` over a
   :class:`~fastunlearn.models.ddpm.DDPMAdapter` with real :class:`~fastunlearn.methods.base.Batch` objects,
   ``lambda_rule=cosine`` (the rule the reference implements; the rule does not change the cost), its
-  default EMA, the fused ops on the active backend: one forward+backward per side (≈7 forward-equivalents:
-  target fwd 1 + 3 + 3).
+  default EMA, the fused ops on the active backend, and the engine's fast path as ``fastunlearn run`` resolves
+  it for the device (:mod:`fastunlearn.engine.fastpath`: CPU fp32 + fused Adam; CUDA bf16 autocast +
+  torch.compile + SDPA/xformers + channels-last + fused Adam): one forward+backward per side (≈7
+  forward-equivalents: target fwd 1 + 3 + 3).
+- ``fastunlearn-bf16`` (CPU only) — the same with ``--precision bf16`` (bf16 autocast, fp32 master weights),
+  which is opt-in on CPU.
 - ``fastunlearn-single-forward`` — the same step with ``single_forward=True``: one forward of [forget; retain]
   and two full backwards through the 2B-row graph (≈11 forward-equivalents: 1 + 2 + 4 + 4).
   Rows measured before commit "erasediff: two passes by default" name these two differently: there
@@ -30,6 +34,9 @@ with glibc set to return freed memory), and for the fastunlearn rows the share o
 spent inside the fused ops — the ``fastunlearn::`` operators in ``torch.profiler``'s key averages, their
 total time ÷ the step's wall time.
 
+``--ablation`` instead times the library step with each fast-path switch flipped from the device's default
+(one row per switch, ratio vs the default) and appends them to ``benchmarks/results/fastpath.csv``.
+
 ``--forgetting STEPS`` instead runs STEPS outer steps of the library's step and of the reference from the
 same digits model and prints forget/retain generation accuracy of both (see :func:`forgetting`).
 
@@ -46,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import statistics
 import sys
@@ -59,6 +67,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import RESULTS, append_csv, environment, measure, print_table  # noqa: E402
 from reference_erasediff import ReferenceEraseDiff  # noqa: E402
 
+from fastunlearn.config import UnlearnConfig  # noqa: E402
+from fastunlearn.engine import FastPath, prepare_model, resolve_fast_path  # noqa: E402
+from fastunlearn.engine.loop import _autocast  # noqa: E402
 from fastunlearn.methods import base as methods  # noqa: E402
 from fastunlearn.ops import bilevel_combine, dual_noise_loss  # noqa: E402
 
@@ -172,25 +183,40 @@ class Sides:
                 torch.Generator().manual_seed(2000 + i))
 
 
+def default_names(device: torch.device) -> tuple[str, ...]:
+    names = ("fastunlearn", "fastunlearn-single-forward", "reference")
+    return names[:1] + ("fastunlearn-bf16",) + names[1:] if device.type == "cpu" else names
+
+
+def fast_path_of(name: str, device: torch.device) -> FastPath:
+    """The engine's fast path a row runs: the device default (what ``fastunlearn run`` uses), or bf16."""
+    return resolve_fast_path(UnlearnConfig(precision="bf16" if name.endswith("bf16") else "auto"), device)
+
+
+def library_step(adapter, retained, sides: Sides, fast: FastPath, single_forward: bool = False):
+    """(step(i), method) — the library's EraseDiff step on a deep copy of the model under ``fast``."""
+    a = copy.copy(adapter)
+    a.unet = copy.deepcopy(adapter.unet)
+    prepare_model(a, a.device, fast)
+    m = methods.get("erasediff")()
+    opts = methods.parse_options("erasediff", {"lambda_rule": "cosine", "eta": ETA, "single_forward": single_forward})
+    m.setup(a, methods.MethodConfig(lr=LR, options=opts, forget_classes=(FORGET_CLASS,),
+                                    retain_classes=tuple(retained), fused_optimizer=fast.fused_optimizer))
+
+    def run(i):
+        fx, fy, rx, ry, gen = sides.draw(i)
+        with _autocast(a.device, fast.precision):
+            return m.step(methods.Batch(fx, fy, gen), methods.Batch(rx, ry, gen))
+
+    return run, m
+
+
 def make_impls(adapter, retained, sides: Sides, names=("fastunlearn", "fastunlearn-single-forward", "reference")):
     """({name: step(i)}, {name: method object}) — each implementation on its own deep copy of the model."""
     impls, objs = {}, {}
     for name in [n for n in names if n.startswith("fastunlearn")]:
-        a = copy.copy(adapter)
-        a.unet = copy.deepcopy(adapter.unet)
-        cls = methods.get("erasediff")
-        m = cls()
-        opts = methods.parse_options("erasediff", {"lambda_rule": "cosine", "eta": ETA,
-                                                   "single_forward": name.endswith("single-forward")})
-        m.setup(a, methods.MethodConfig(lr=LR, options=opts, forget_classes=(FORGET_CLASS,),
-                                        retain_classes=tuple(retained)))
-
-        def run(i, m=m):
-            fx, fy, rx, ry, gen = sides.draw(i)
-            fb, rb = methods.Batch(fx, fy, gen), methods.Batch(rx, ry, gen)
-            return m.step(fb, rb)
-
-        impls[name], objs[name] = run, m
+        impls[name], objs[name] = library_step(adapter, retained, sides, fast_path_of(name, adapter.device),
+                                               single_forward=name.endswith("single-forward"))
     if "reference" not in names:
         return impls, objs
     ref_unet = copy.deepcopy(adapter.unet)
@@ -278,9 +304,13 @@ def fused_share(fn, device) -> float:
 
 
 # ---------------------------------------------------------------------- main
-def bench_case(model, batch, adapter, retained, images, labels, device, steps, warmup, profile_ops=True):
+def bench_case(model, batch, adapter, retained, images, labels, device, steps, warmup, profile_ops=True,
+               impls=None):
     sides = Sides(images, labels, batch)
-    impls, _ = make_impls(adapter, retained, sides)
+    if impls is None:
+        impls, _ = make_impls(adapter, retained, sides, names=default_names(device))
+    else:
+        impls = {name: make(sides) for name, make in impls.items()}
     times = {n: [] for n in impls}
     # Warm-up rounds exist to pay one-time costs (Adam state, lazy inits, the extension load); on CPU the big
     # models pay them on a 2-row batch, since a full-size warm-up round of the reference costs minutes there.
@@ -312,10 +342,25 @@ def bench_case(model, batch, adapter, retained, images, labels, device, steps, w
                      "impl": name, "batch": batch, "steps": len(ts), "median_ms": round(statistics.median(ts), 1),
                      "p20_ms": round(q[0], 1), "p80_ms": round(q[3], 1), "peak_mem_MB": round(mem, 1),
                      "fused_ops_pct": "" if share is None else round(share, 2)})
-    ref = next(r for r in rows if r["impl"] == "reference")["median_ms"]
+    base = next(r for r in rows if r["impl"] in ("reference", "default"))["median_ms"]
     for r in rows:
-        r["speedup_vs_ref"] = round(ref / r["median_ms"], 2)
+        r["speedup_vs_ref"] = round(base / r["median_ms"], 2)
     return rows
+
+
+def ablation_impls(adapter, retained, device):
+    """{name: make(sides)}: the device's default fast path and, per switch, the default with it flipped."""
+    default = resolve_fast_path(UnlearnConfig(), device)
+    variants = {"default": default,
+                f"precision={'fp32' if default.precision == 'bf16' else 'bf16'}":
+                    dataclasses.replace(default, precision="fp32" if default.precision == "bf16" else "bf16"),
+                f"compile={not default.compile}": dataclasses.replace(default, compile=not default.compile),
+                f"channels_last={not default.channels_last}":
+                    dataclasses.replace(default, channels_last=not default.channels_last),
+                f"fused_optimizer={not default.fused_optimizer}":
+                    dataclasses.replace(default, fused_optimizer=not default.fused_optimizer),
+                "attention=eager": dataclasses.replace(default, attention="eager")}
+    return {name: (lambda sides, f=f: library_step(adapter, retained, sides, f)[0]) for name, f in variants.items()}
 
 
 def forgetting(steps: int, batch: int, per_class: int, eval_steps: int) -> list[dict]:
@@ -365,7 +410,8 @@ def plot(rows, path: Path) -> None:
     models = sorted({r["model"] for r in rows})
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for impl, style in (("reference", "o-"), ("fastunlearn", "s-"), ("fastunlearn-single-forward", "^--"), ("fastunlearn-2pass", "^--")):
+        for impl, style in (("reference", "o-"), ("fastunlearn", "s-"), ("fastunlearn-bf16", "s:"),
+                            ("fastunlearn-single-forward", "^--"), ("fastunlearn-2pass", "^--")):
             pts = sorted((r["batch"], r["median_ms"] / 1e3) for r in rows if r["model"] == model and r["impl"] == impl)
             if pts:
                 ax.plot(*zip(*pts), style, label=impl)
@@ -402,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--forgetting-batch", type=int, default=32)
     ap.add_argument("--per-class", type=int, default=20, help="--forgetting: generations per class")
     ap.add_argument("--eval-steps", type=int, default=20, help="--forgetting: DDIM steps")
+    ap.add_argument("--ablation", action="store_true",
+                    help="time the library step with each fast-path switch flipped from the device default "
+                         "(rows appended to benchmarks/results/fastpath.csv)")
     ap.add_argument("--smoke", action="store_true", help="tiny model, batch 2, 1 step, nothing written")
     args = ap.parse_args(argv)
 
@@ -437,15 +486,27 @@ def main(argv: list[str] | None = None) -> int:
         print_table(rows, ["impl", "steps", "forget", "retain", "train_s"])
         return 0
     env = environment(device)
-    print(f"{env['device']} | torch {env['torch']} | commit {env['commit']} | fp32", flush=True)
+    print(f"{env['device']} | torch {env['torch']} | commit {env['commit']} | "
+          f"fast path {resolve_fast_path(UnlearnConfig(), device).as_dict()}", flush=True)
     rows = []
     for model in models:
         adapter, retained, images, labels = build(model, device)
         for batch in per_model[model]:
             steps = 1 if args.smoke else (args.steps or steps_default[model])
-            for r in bench_case(model, batch, adapter, retained, images, labels, device, steps, warmup):
+            impls = ablation_impls(adapter, retained, device) if args.ablation else None
+            for r in bench_case(model, batch, adapter, retained, images, labels, device, steps, warmup,
+                                profile_ops=not args.ablation, impls=impls):
                 rows.append({**env, **r})
         del adapter
+    if args.ablation:
+        cols = ["model", "params_M", "batch", "impl", "steps", "median_ms", "p20_ms", "p80_ms", "speedup_vs_ref"]
+        print_table(rows, cols)
+        print("speedup_vs_ref here = the default's median ÷ this variant's (> 1: the flipped switch is faster)")
+        if not args.smoke and args.csv:
+            path = Path(args.csv).with_name("fastpath.csv")
+            append_csv(path, rows)
+            print(f"appended {len(rows)} rows to {path}")
+        return 0
     cols = ["model", "params_M", "batch", "impl", "steps", "median_ms", "p20_ms", "p80_ms", "speedup_vs_ref",
             "peak_mem_MB", "fused_ops_pct"]
     print_table(rows, cols)
