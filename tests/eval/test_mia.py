@@ -59,3 +59,29 @@ def test_heldout_non_members_are_test_digits_of_the_forget_classes():
     images, labels = heldout_non_members(torch.tensor([0, 0, 7]))
     assert set(labels.tolist()) == {0, 7} and images.shape[1:] == (1, 16, 16)
     assert heldout_non_members(torch.tensor([-1, -1])) is None
+
+
+def test_per_timestep_losses_and_the_normalised_score(tiny_model_dir, monkeypatch):
+    """``per_timestep`` gives [T, N] whose mean over T is the plain loss; the score is invariant to scaling one
+    timestep's loss (what the normalisation is for: the ε-loss at small t dwarfs the rest)."""
+    from fastunlearn.eval import mia
+    from fastunlearn.models.ddpm import load_adapter
+
+    adapter = load_adapter(tiny_model_dir)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(10, 1, 16, 16, generator=g) * 2 - 1, torch.tensor([0, 1] * 5)
+    kw = dict(timesteps=(10, 100, 500), n_noise=2)
+    per_t = denoising_losses(adapter, x, y, per_timestep=True, **kw)
+    assert per_t.shape == (3, 10)
+    torch.testing.assert_close(per_t.mean(0), denoising_losses(adapter, x, y, **kw))
+
+    plain = membership_auc(adapter, (x[:6], y[:6]), (x[6:], y[6:]), **kw)
+    real = mia.denoising_losses
+
+    def scaled(*a, **k):  # the t = 10 row 1000× larger: a raw mean would be that row alone
+        out = real(*a, **k)
+        out[0] *= 1000.0
+        return out
+
+    monkeypatch.setattr(mia, "denoising_losses", scaled)
+    assert membership_auc(adapter, (x[:6], y[:6]), (x[6:], y[6:]), **kw)["auc"] == plain["auc"]
