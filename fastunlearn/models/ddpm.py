@@ -220,70 +220,191 @@ def _read_null_label(directory: Path) -> int | None:
     return None
 
 
-def _check_unet_dir(unet_dir: Path, ref: str) -> None:
+#: Files that hold pickled weights: loading them runs whatever code the pickle names.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_SAFE_WEIGHTS = "diffusion_pytorch_model.safetensors"
+_PICKLE_WEIGHTS = "diffusion_pytorch_model.bin"
+
+
+def _convert_hint(unet_dir: Path) -> str:
+    """The few lines that turn a trusted pickle UNet directory into safetensors (one line each, ``;``-ended
+    so the CLI's one-line message is still valid Python)."""
+    return (
+        "Convert it once, in a Python session you trust:\n"
+        "    from diffusers import UNet2DModel;\n"
+        f"    unet = UNet2DModel.from_pretrained('{unet_dir}', use_safetensors=False);\n"
+        f"    unet.save_pretrained('{unet_dir}', safe_serialization=True);\n"
+        "or, if you trust the file, pass --trust-pickle (trust_pickle=True)."
+    )
+
+
+def _state_dict_snippet(path: Path) -> str:
+    return (
+        "Convert it once, in a Python session you trust (from the config of the architecture it was trained "
+        "with):\n"
+        "    import torch; from diffusers import UNet2DModel;\n"
+        f"    unet = UNet2DModel.from_config(UNet2DModel.load_config('CONFIG_DIR')); unet.load_state_dict(torch.load('{path}'));\n"
+        "    unet.save_pretrained('MODEL_DIR/unet', safe_serialization=True);\n"
+        "then pass --model MODEL_DIR."
+    )
+
+
+def _pickle_file_hint(path: Path) -> str:
+    return (
+        f"{path} is a pickle file ({path.suffix}): loading it can run arbitrary code, and it carries no model "
+        "config, so fastunlearn loads models only from diffusers directories with safetensors weights. "
+        + _state_dict_snippet(path)
+        + " A file holding a whole pickled UNet2DModel or DDPMPipeline loads directly with --trust-pickle "
+        "(trust_pickle=True), if you trust it."
+    )
+
+
+def _check_unet_dir(unet_dir: Path, ref: str, trust_pickle: bool = False) -> None:
     config = unet_dir / "config.json"
     if not config.is_file():
+        pickles = sorted(p.name for p in unet_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES) \
+            if unet_dir.is_dir() else []
+        extra = (f"; it holds {pickles[0]}, a pickle checkpoint: "
+                 f"{_pickle_file_hint(unet_dir / pickles[0])}") if pickles else ""
         raise UserInputError(
             f"{ref} is not a diffusers model directory: expected model_index.json with unet/ and scheduler/, "
-            f"or a UNet2DModel directory with config.json"
+            f"or a UNet2DModel directory with config.json{extra}"
         )
     try:
-        class_name = json.loads(config.read_text()).get("_class_name")
-    except json.JSONDecodeError as exc:
+        described = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserInputError(f"{config} is not valid JSON: {exc}") from None
+    class_name = described.get("_class_name") if isinstance(described, dict) else None
     if class_name != "UNet2DModel":
-        raise UserInputError(f"{ref}: the DDPM adapter needs a UNet2DModel, but {config} describes {class_name!r}")
-    if not any((unet_dir / name).is_file() for name in _WEIGHT_FILES):
+        what = f"describes {class_name!r}" if class_name else "is not a diffusers model config (no _class_name)"
+        raise UserInputError(f"{ref}: the DDPM adapter needs a UNet2DModel, but {config} {what}")
+    if (unet_dir / _SAFE_WEIGHTS).is_file():
+        _check_safetensors(unet_dir / _SAFE_WEIGHTS)
+        return
+    if (unet_dir / _PICKLE_WEIGHTS).is_file():
+        if not trust_pickle:
+            raise UserInputError(
+                f"model directory {unet_dir} holds only pickle weights ({_PICKLE_WEIGHTS}): loading a pickle "
+                f"can run arbitrary code, so fastunlearn loads only {_SAFE_WEIGHTS}. " + _convert_hint(unet_dir)
+            )
+        return
+    raise UserInputError(
+        f"model directory {unet_dir} has no weights: expected {' or '.join(_WEIGHT_FILES)} next to config.json"
+    )
+
+
+def _check_safetensors(path: Path) -> None:
+    """Open the header (cheap: no tensor is read): a truncated or corrupt file fails here, by name."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except (SafetensorError, OSError) as exc:
         raise UserInputError(
-            f"model directory {unet_dir} has no weights: expected {' or '.join(_WEIGHT_FILES)} next to config.json"
-        )
+            f"model weights {path} are truncated or corrupt ({exc}); re-download or re-save the model"
+        ) from None
 
 
-def _from_directory(directory: Path, null_label: int | None) -> DDPMAdapter:
+def refuse_non_finite(unet: torch.nn.Module, ref: str) -> None:
+    """Refuse a model whose weights hold NaN/Inf, naming the first bad tensor (unlearning cannot fix it,
+    and every loss and metric downstream would be NaN)."""
+    for name, tensor in unet.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserInputError(
+                f"{ref} has non-finite weights: {name} holds {bad} NaN/Inf value(s) of {tensor.numel()}; "
+                "this model cannot be unlearned (retrain or re-export it)"
+            )
+
+
+def _load_unet(unet_dir: Path, ref: str, trust_pickle: bool) -> UNet2DModel:
+    """``UNet2DModel.from_pretrained`` with safetensors only (unless trusted); every failure is the input's."""
+    use_safetensors = (unet_dir / _SAFE_WEIGHTS).is_file() or not trust_pickle
+    try:
+        return UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False, use_safetensors=use_safetensors)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, AttributeError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+        # torch's load_state_dict puts the useful part (the first mismatching tensor) on the second line.
+        detail = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+        more = f" (and {len(lines) - 2} more)" if lines[0].endswith(":") and len(lines) > 2 else ""
+        raise UserInputError(
+            f"cannot load the UNet of {ref}: {detail}{more}; do the weights match config.json, and are they complete?"
+        ) from exc
+
+
+def _from_directory(directory: Path, null_label: int | None, trust_pickle: bool = False) -> DDPMAdapter:
     ref = f"model directory {directory}"
     if (directory / "unet").is_dir():
         unet_dir = directory / "unet"
-    elif (directory / "config.json").is_file():
-        unet_dir = directory
     else:
-        raise UserInputError(
-            f"{ref} is not a diffusers model directory: expected model_index.json with unet/ and scheduler/, "
-            f"or a UNet2DModel directory with config.json"
-        )
-    _check_unet_dir(unet_dir, ref)
-    unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
+        unet_dir = directory
+    _check_unet_dir(unet_dir, ref, trust_pickle)
+    unet = _load_unet(unet_dir, ref, trust_pickle)
+    refuse_non_finite(unet, ref)
     sched_dir = directory / "scheduler"
-    scheduler = DDPMScheduler.from_pretrained(sched_dir) if (sched_dir / "scheduler_config.json").is_file() else None
-    recorded = _read_null_label(directory)
+    try:
+        scheduler = DDPMScheduler.from_pretrained(sched_dir) if (sched_dir / "scheduler_config.json").is_file() else None
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserInputError(f"cannot read the scheduler config of {ref}: {exc}") from None
+    try:
+        recorded = _read_null_label(directory)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise UserInputError(f"cannot read the null label recorded in {directory}: {exc}") from None
     return DDPMAdapter(unet, scheduler, null_label if null_label is not None else recorded)
 
 
-def _from_hub(repo_id: str, null_label: int | None) -> DDPMAdapter:
+def _from_pickle_file(path: Path, null_label: int | None, trust_pickle: bool) -> DDPMAdapter:
+    """A ``.pt``/``.ckpt`` file: refused unless trusted; then only a whole pickled UNet2DModel/DDPMPipeline loads."""
+    if not trust_pickle:
+        raise UserInputError(f"model {_pickle_file_hint(path)}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)  # the user vouched for this file
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle is the file's
+        raise UserInputError(f"cannot load model file {path}: {type(exc).__name__}: {exc}") from exc
+    if isinstance(obj, (UNet2DModel, DDPMPipeline)):
+        return load_adapter(obj, null_label)
+    raise UserInputError(f"model file {path} holds a {type(obj).__name__}, not a UNet2DModel or DDPMPipeline: "
+                         "a bare state dict carries no model config. " + _state_dict_snippet(path))
+
+
+def _from_hub(repo_id: str, null_label: int | None, trust_pickle: bool = False) -> DDPMAdapter:
+    safe = {"use_safetensors": None if trust_pickle else True}
     try:
         try:
-            unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet")
+            unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet", **safe)
             scheduler = DDPMScheduler.from_pretrained(repo_id, subfolder="scheduler")
         except OSError:
             # Some early hub DDPMs keep the UNet and the scheduler config at the repository root.
-            unet = UNet2DModel.from_pretrained(repo_id)
+            unet = UNet2DModel.from_pretrained(repo_id, **safe)
             scheduler = DDPMScheduler.from_pretrained(repo_id)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "" if trust_pickle else (
+            "; fastunlearn loads only safetensors weights: if the repository ships only pickle weights (.bin), "
+            "convert them or pass --trust-pickle (trust_pickle=True) if you trust it")
         raise UserInputError(
-            f"cannot load model {repo_id!r}: not a local directory, and the hub/cache lookup failed ({first})"
+            f"cannot load model {repo_id!r}: not a local directory, and the hub/cache lookup failed ({first}){hint}"
         ) from None
+    refuse_non_finite(unet, f"model {repo_id!r}")
     return DDPMAdapter(unet, scheduler, null_label)
 
 
-def load_adapter(model: Any, null_label: int | None = None) -> DDPMAdapter:
+def load_adapter(model: Any, null_label: int | None = None, trust_pickle: bool = False) -> DDPMAdapter:
     """An adapter from a ``DDPMAdapter``, a ``UNet2DModel``, a ``DDPMPipeline``, ``"zoo:NAME"``,
     a local directory (pipeline layout or a bare UNet directory) or a hub id (``"google/ddpm-cifar10-32"``).
+
+    Weights load only from safetensors: a pickle (a directory holding only ``diffusion_pytorch_model.bin``,
+    a ``.pt``/``.ckpt`` file) is refused with the lines that convert it, unless ``trust_pickle`` is set.
+    A model whose weights hold NaN/Inf is refused, naming the first bad tensor.
     """
     if isinstance(model, DDPMAdapter):
         return model
     if isinstance(model, UNet2DModel):
+        refuse_non_finite(model, "the given UNet2DModel")
         return DDPMAdapter(model, None, null_label)
     if isinstance(model, DDPMPipeline):
+        refuse_non_finite(model.unet, "the given DDPMPipeline")
         return DDPMAdapter(model.unet, model.scheduler, null_label)
     if not isinstance(model, (str, Path)):
         raise UserInputError(
@@ -297,11 +418,13 @@ def load_adapter(model: Any, null_label: int | None = None) -> DDPMAdapter:
     path = Path(ref).expanduser()
     if path.exists():
         if not path.is_dir():
+            if path.suffix.lower() in PICKLE_SUFFIXES:
+                return _from_pickle_file(path, null_label, trust_pickle)
             raise UserInputError(f"model path {path} is a file; expected a diffusers model directory")
-        return _from_directory(path, null_label)
+        return _from_directory(path, null_label, trust_pickle)
     if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
-        return _from_hub(ref, null_label)
+        return _from_hub(ref, null_label, trust_pickle)
     raise UserInputError(f"model {ref!r} is neither a zoo name (zoo:NAME), an existing directory nor a hub id (org/name)")
 
 
-__all__ = ["DDPMAdapter", "NoisedBatch", "load_adapter", "SCOPES"]
+__all__ = ["DDPMAdapter", "NoisedBatch", "load_adapter", "refuse_non_finite", "SCOPES", "PICKLE_SUFFIXES"]
