@@ -9,6 +9,9 @@ A selector is one of
 - a path to a folder of image files (any PIL format): the user's own images. If every image
   lies in a sub-folder named by an integer (``forget/3/a.png``) that integer is its label,
   otherwise labels are -1 (unknown).
+- a path to a ``.npy`` file of model-ready images (``[N, C, H, W]`` floats in [-1, 1] at the
+  model's size; read without pickle, unlabelled). In-memory image arrays are refused: the
+  run's ``config.yaml`` must be able to name its data.
 
 The retain set is the complement of the forget set within the pool (default: the digits
 train split) unless a retain selector is given. Both sides must be non-empty and, when both
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fastunlearn.data.digits import DigitsData, load_digits_split
@@ -37,7 +41,7 @@ _SELECTOR_RE = re.compile(r"^\s*(class|index)\s*[:=]\s*(.*?)\s*$", re.IGNORECASE
 _MAX_RANGE = 10_000_000
 _FORMS = (
     "`class:C[,C...]`, `index:I[,I...]` (ranges like `class:0-4`, `index:10-19`), "
-    "a list of ints, or an existing folder of images"
+    "a list of ints, an existing folder of images, or a .npy file of images"
 )
 
 
@@ -98,14 +102,18 @@ def _parse_ints(body: str, selector: str) -> list[int]:
 def _selector_text(selector: Selector) -> str:
     if isinstance(selector, (str, PathLike)):
         return str(selector)
-    return "index:" + ",".join(str(int(i)) for i in selector)
+    if isinstance(selector, (torch.Tensor, np.ndarray)) and selector.ndim != 1:
+        return f"an array of shape {tuple(selector.shape)}"
+    return "index:" + ",".join(str(i) for i in (selector.tolist() if hasattr(selector, "tolist") else selector))
 
 
 def _select(selector: Selector, pool: DigitsData, side: str, size: int, channels: int) -> DigitsData:
     """One selector → the matching samples (indices -1 for folder images)."""
+    if isinstance(selector, (torch.Tensor, np.ndarray)):
+        selector = _index_array(selector, side)
     text = _selector_text(selector)
-    if isinstance(selector, (list, tuple, range, torch.Tensor)):
-        ids = [int(i) for i in selector]
+    if isinstance(selector, (list, tuple, range)):
+        ids = _index_list(selector, side)
         kind = "index"
     elif isinstance(selector, (str, PathLike)):
         m = _SELECTOR_RE.match(str(selector)) if isinstance(selector, str) else None
@@ -113,6 +121,10 @@ def _select(selector: Selector, pool: DigitsData, side: str, size: int, channels
             path = Path(selector)
             if path.is_dir():
                 return _select_folder(path, size, channels)
+            if path.is_file() and path.suffix.lower() == ".npy":
+                return _select_npy(path, side, size, channels)
+            if path.is_file():
+                raise DataError(f"{side} selector `{text}` is a file, not a .npy array; expected {_FORMS}")
             raise DataError(f"malformed selector `{text}`: expected {_FORMS}")
         kind = m.group(1).lower()
         if not m.group(2):
@@ -151,6 +163,66 @@ def _select_indices(ids: list[int], pool: DigitsData, side: str, text: str) -> D
         )
         raise DataError(f"selector `{text}`: {len(missing)} index(es) are {where}: {_preview(missing)}")
     return pool.subset(torch.tensor([position[i] for i in ids], dtype=torch.long))
+
+
+def _index_array(x: torch.Tensor | np.ndarray, side: str) -> list[int]:
+    """A 1-D integer tensor/array selects by index; anything else (a batch of images) is refused clearly."""
+    shape = tuple(x.shape)
+    integer = (not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool) \
+        if isinstance(x, torch.Tensor) else np.issubdtype(x.dtype, np.integer)
+    if len(shape) == 1 and integer:
+        return [int(i) for i in x.tolist()]
+    if len(shape) >= 2:
+        raise DataError(
+            f"the {side} selector is an in-memory array of shape {shape}: images are given as a folder of "
+            f"image files or a .npy file of [N, C, H, W] floats in [-1, 1] (np.save('{side}.npy', x)), so the "
+            "run's config.yaml can name them"
+        )
+    raise DataError(f"the {side} selector is a {len(shape)}-D array of {x.dtype}; a tensor/array selects "
+                    "samples by index and must be 1-D integers")
+
+
+def _index_list(values: Sequence, side: str) -> list[int]:
+    ids = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise DataError(f"the {side} selector lists {v!r} ({type(v).__name__}); indices must be integers")
+        ids.append(int(v))
+    return ids
+
+
+def _select_npy(path: Path, side: str, size: int, channels: int) -> DigitsData:
+    """A ``.npy`` file of model-ready images: ``[N, C, H, W]`` floats in [-1, 1] at the model's size (unlabelled).
+
+    Unlike image files (decoded, converted and resized on purpose), an array is taken as the model's input,
+    so every mismatch is an error naming what was expected.
+    """
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"cannot read {side} images {str(path)!r} as a .npy array without pickle: {exc}") from None
+    what = f"{side} images in {str(path)!r}"
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(
+            f"{what} have dtype {x.dtype}; expected floats in [-1, 1] (for 0–255 pixels: x.astype('float32') / 127.5 - 1)"
+        )
+    if x.ndim != 4 or tuple(x.shape[1:]) != (channels, size, size):
+        got = "×".join(str(s) for s in x.shape[1:]) if x.ndim == 4 else f"shape {tuple(x.shape)}"
+        raise DataError(
+            f"{what} do not fit the model: expected [N, {channels}, {size}, {size}], i.e. {channels}×{size}×{size} "
+            f"(channels×height×width), got {got}; fastunlearn.data.sources.load_images(x, size={size}, "
+            f"channels={channels}) converts"
+        )
+    if x.shape[0] == 0:
+        raise DataError(f"{side} set is empty: {str(path)!r} holds no image (shape {tuple(x.shape)})")
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if not bool(torch.isfinite(t).all()):
+        raise DataError(f"{what} hold NaN or Inf values")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -1.001 or hi > 1.001:
+        raise DataError(f"{what} range over [{lo:g}, {hi:g}]; expected [-1, 1] (for [0, 1]: x * 2 - 1)")
+    n = t.shape[0]
+    return DigitsData(t.clamp(-1.0, 1.0), torch.full((n,), -1, dtype=torch.long), torch.full((n,), -1, dtype=torch.long))
 
 
 def _select_folder(path: Path, size: int, channels: int) -> DigitsData:
