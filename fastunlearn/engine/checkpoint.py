@@ -8,6 +8,7 @@ checkpoint intact and never a truncated one under the final name.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import tempfile
@@ -41,8 +42,18 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every global RNG a run may touch (ours draw from per-step generators, but user code may not)."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every global RNG a run may touch (ours draw from per-step generators, but user code may not).
+
+    Only tensors and plain Python values, so the checkpoint loads with ``torch.load(weights_only=True)``:
+    numpy's state ``(name, uint32[624] keys, pos, has_gauss, cached_gaussian)`` keeps its keys as an int64
+    tensor (exact: they are < 2³²).
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -51,7 +62,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -76,12 +88,28 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
     return final
 
 
+def _unpickler_reason(exc: BaseException) -> str:
+    """The one line of torch's weights-only refusal that says what was refused."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("WeightsUnpickler error:"):
+            return ln.split(". Please use")[0]
+    return lines[0] if lines else type(exc).__name__
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU (tensors are moved by their owners' ``load_state_dict``)."""
+    """Load a checkpoint onto the CPU (tensors are moved by their owners' ``load_state_dict``).
+
+    With ``weights_only=True``: a checkpoint holds only tensors, numbers, strings and containers of them
+    (see :func:`rng_state`), so nothing in the file can run code, even one that was tampered with.
+    """
     try:
-        # Checkpoints hold optimizer state and RNG tuples, not just tensors, so a full unpickle is needed;
-        # they are files this library wrote into the run's own directory.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserInputError(
+            f"cannot read checkpoint {path} safely (weights_only=True): {_unpickler_reason(exc)}. It was not "
+            "written by this version of fastunlearn; start the run again without --resume"
+        ) from None
     except (OSError, RuntimeError, EOFError) as exc:
         raise UserInputError(f"cannot read checkpoint {path}: {exc}") from None
 
