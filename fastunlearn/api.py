@@ -8,6 +8,7 @@ moves it into place only when complete, so ``out_dir`` is never a half-written r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -140,9 +141,15 @@ def _prepare(cfg: UnlearnConfig):
     from fastunlearn.methods import base as methods
     from fastunlearn.models.ddpm import load_adapter
 
+    from fastunlearn.ops import backends
+
     device = resolve_device(cfg.device)
+    # FASTUNLEARN_BACKEND is read by the ops on every call: check it here, before the model loads, rather
+    # than at the first step with the output half-made.
+    if backends.requested_backend() != "auto":
+        backends.select("dual_noise_loss", device, torch.float32)
     fast = resolve_fast_path(cfg, device)
-    adapter = load_adapter(cfg.model)
+    adapter = load_adapter(cfg.model, trust_pickle=cfg.trust_pickle)
     c, h, w = adapter.image_shape
     if cfg.unconditional and adapter.conditional and adapter.null_label is None:
         raise UserInputError("--unconditional needs a model with a null class (or no class embedding at all)")
@@ -182,6 +189,14 @@ def _prepare(cfg: UnlearnConfig):
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserInputError(f"output path {out_dir} exists and is a file")
+    # The job writes its partial dir beside out_dir: the first existing ancestor must be a writable folder.
+    ancestor = out_dir.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserInputError(f"cannot create output directory {out_dir}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserInputError(f"cannot create output directory {out_dir}: {ancestor} is not writable")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not any((out_dir / m).exists() for m in _OUTPUT_MARKERS):
         raise UserInputError(f"output directory {out_dir} exists and is not a fastunlearn output; choose another --out")
     if resume and not (_partial_dir(out_dir) / "checkpoints").is_dir():
@@ -210,8 +225,30 @@ def run_config(cfg: UnlearnConfig, on_step=None) -> UnlearnResult:
     threads_before = torch.get_num_threads()
     try:
         return _run_prepared(cfg, out_dir, on_step)
+    except BaseException:
+        _drop_unresumable(_partial_dir(out_dir))
+        raise
     finally:
         torch.set_num_threads(threads_before)  # the thread count is process-global: give it back
+
+
+def _drop_unresumable(work: Path) -> None:
+    """After a failed run, keep the partial dir only if it holds a checkpoint to resume from."""
+    from fastunlearn.engine import checkpoint as ckpt
+
+    if work.is_dir() and not ckpt.list_checkpoints(work / "checkpoints"):
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _load_eval_cache(path: Path) -> dict[str, Any] | None:
+    """The cached "before" evaluation (plain numbers, strings and tensors: loads with weights_only=True);
+    None when missing or unreadable, and the evaluation is run again (same seed, same result)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a truncated or foreign cache is only a cache
+        return None
 
 
 def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step) -> UnlearnResult:
@@ -235,7 +272,7 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step) -> UnlearnResult:
     before = None
     if judge is not None:
         cached = work / "eval_before.pt"  # resume must not pay for (or change) the base model's evaluation
-        before = torch.load(cached, weights_only=False) if cfg.resume and cached.is_file() else None
+        before = _load_eval_cache(cached) if cfg.resume else None
         if before is None:
             before = evaluate(adapter, cfg, sets.forget_classes, judge, sets)
             torch.save(before, cached)
