@@ -33,7 +33,8 @@ from _harness import RESULTS, environment  # noqa: E402
 from fastunlearn.api import _judge  # noqa: E402
 from fastunlearn.data.digits import load_digits_split  # noqa: E402
 from fastunlearn.data.selection import select_forget_retain  # noqa: E402
-from fastunlearn.engine import LoopSettings, SampleSet, prepare_model, train  # noqa: E402
+from fastunlearn.config import UnlearnConfig  # noqa: E402
+from fastunlearn.engine import LoopSettings, SampleSet, prepare_model, resolve_fast_path, train  # noqa: E402
 from fastunlearn.eval.classifier import generation_accuracy  # noqa: E402
 from fastunlearn.methods import base as methods  # noqa: E402
 from fastunlearn.models.ddpm import load_adapter  # noqa: E402
@@ -97,7 +98,9 @@ class ema_weights:
 
 def run_method(label: str, name: str, options: dict, args, judge, evaluator, base: dict, sets, work: Path) -> dict:
     adapter = load_adapter("zoo:digits-ddpm")
-    prepare_model(adapter, torch.device("cpu"))
+    # Every method runs the engine's fast path as `fastunlearn run` resolves it (--precision overrides).
+    fast = resolve_fast_path(UnlearnConfig(precision=args.precision), torch.device("cpu"))
+    prepare_model(adapter, torch.device("cpu"), fast)
     cls = methods.get(name)
     d = cls.defaults(False, options)
     lr = args.lr.get(label, d["lr"])
@@ -105,7 +108,7 @@ def run_method(label: str, name: str, options: dict, args, judge, evaluator, bas
     t0 = time.perf_counter()
     method.setup(adapter, methods.MethodConfig(
         lr=lr, options=methods.parse_options(name, options), forget_classes=tuple(sets.forget_classes),
-        retain_classes=tuple(sets.retain_classes)))
+        retain_classes=tuple(sets.retain_classes), fused_optimizer=fast.fused_optimizer))
     setup_s = time.perf_counter() - t0
     forget = SampleSet(sets.forget_images, sets.forget_labels)
     retain = SampleSet(sets.retain_images, sets.retain_labels)
@@ -131,7 +134,8 @@ def run_method(label: str, name: str, options: dict, args, judge, evaluator, bas
             if args.stop_at_bar:
                 raise Stop
 
-    settings = LoopSettings(steps=args.steps, batch_size=d["batch_size"], seed=args.seed, log_every=10, progress=False)
+    settings = LoopSettings(steps=args.steps, batch_size=d["batch_size"], seed=args.seed, log_every=10, progress=False,
+                            precision=fast.precision)
     try:
         train(adapter, method, forget, retain, settings, work / label, on_step=on_step)
     except Stop:
@@ -171,6 +175,9 @@ def write(rows: list[dict], base: dict, args, env: dict) -> None:
         "# Method comparison: forget digit 0 on `zoo:digits-ddpm`", "",
         f"- device: {env['device']}", f"- date: {env['date']}, commit `{env['commit']}`, torch {env['torch']}",
         f"- command: `python benchmarks/bench_methods.py {' '.join(args.argv)}`".rstrip(),
+        "- every method on the engine's fast path: " + ", ".join(
+            f"{k} {v}" for k, v in resolve_fast_path(UnlearnConfig(precision=args.precision), torch.device("cpu"))
+            .as_dict().items()),
         f"- evaluation every {args.every} steps: {args.per_class} generations per class, {args.eval_steps} DDIM steps, "
         f"seed {args.seed}, judged by `zoo:digits-classifier`; base model: forget acc {base['forget']:.1%}, "
         f"mean retain acc {base['retain']:.1%}",
@@ -215,6 +222,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--eval-steps", type=int, default=10)
     p.add_argument("--fid-per-class", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", help="the fast path's precision for every method (auto, fp32, bf16)")
     p.add_argument("--methods", default=",".join(m[0] for m in METHODS))
     p.add_argument("--stop-at-bar", action="store_true", help="stop a method at its first evaluation that meets the bar")
     p.add_argument("--smoke", action="store_true", help="2 steps per method, tiny evaluation, no files written")
