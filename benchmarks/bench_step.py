@@ -348,8 +348,9 @@ def bench_case(model, batch, adapter, retained, images, labels, device, steps, w
     return rows
 
 
-def ablation_impls(adapter, retained, device):
-    """{name: make(sides)}: the device's default fast path and, per switch, the default with it flipped."""
+def ablation_impls(adapter, retained, device, smoke: bool = False):
+    """{name: make(sides)}: the device's default fast path and, per switch, the default with it flipped
+    (``smoke``: without the compile variant, whose compilation alone takes minutes on a CPU)."""
     default = resolve_fast_path(UnlearnConfig(), device)
     variants = {"default": default,
                 f"precision={'fp32' if default.precision == 'bf16' else 'bf16'}":
@@ -360,6 +361,8 @@ def ablation_impls(adapter, retained, device):
                 f"fused_optimizer={not default.fused_optimizer}":
                     dataclasses.replace(default, fused_optimizer=not default.fused_optimizer),
                 "attention=eager": dataclasses.replace(default, attention="eager")}
+    if smoke:
+        variants = {k: v for k, v in variants.items() if not k.startswith("compile")}
     return {name: (lambda sides, f=f: library_step(adapter, retained, sides, f)[0]) for name, f in variants.items()}
 
 
@@ -493,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         adapter, retained, images, labels = build(model, device)
         for batch in per_model[model]:
             steps = 1 if args.smoke else (args.steps or steps_default[model])
-            impls = ablation_impls(adapter, retained, device) if args.ablation else None
+            impls = ablation_impls(adapter, retained, device, args.smoke) if args.ablation else None
             for r in bench_case(model, batch, adapter, retained, images, labels, device, steps, warmup,
                                 profile_ops=not args.ablation, impls=impls):
                 rows.append({**env, **r})

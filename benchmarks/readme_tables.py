@@ -29,6 +29,19 @@ def _latest_runs(rows: list[dict]) -> list[dict]:
     return keep
 
 
+def _latest_commit_rows(rows: list[dict], key: tuple[str, ...]) -> list[dict]:
+    """Per device, the rows of the commit of its newest row — runs split over processes or hours (e.g.
+    ``--models digits`` then ``--models cifar10``) fill one table — the newest row per ``key``."""
+    keep: dict[tuple, dict] = {}
+    for device in {r["device"] for r in rows}:
+        dev_rows = sorted((r for r in rows if r["device"] == device), key=lambda r: r["date"])
+        commit = dev_rows[-1]["commit"]
+        for r in dev_rows:
+            if r["commit"] == commit:
+                keep[(device,) + tuple(r[k] for k in key)] = r
+    return list(keep.values())
+
+
 def _human(numel: str) -> str:
     n = int(numel)
     return f"{n / 2**20:g}M" if n >= 2**20 else str(n)
@@ -62,13 +75,14 @@ def methods_table() -> str:
     return "\n".join(lines[1:] if lines and lines[0].startswith("#") else lines).strip()
 
 
-def step_table() -> str:
-    """The EraseDiff step benchmark (bench_step.py): latest run per device."""
-    path = RESULTS / "step.csv"
+def step_table(name: str = "step") -> str:
+    """The EraseDiff step benchmark (bench_step.py; ``fastpath``: its ``--ablation``): the latest commit's
+    rows per device."""
+    path = RESULTS / f"{name}.csv"
     if not path.exists():
         return "_not yet measured_"
     with open(path) as fh:
-        rows = _latest_runs(list(csv.DictReader(fh)))
+        rows = _latest_commit_rows(list(csv.DictReader(fh)), ("model", "impl", "batch"))
     if not rows:
         return "_not yet measured_"
     columns = [c for c in rows[0] if c not in ("date", "torch", "commit", "device")]
@@ -77,12 +91,15 @@ def step_table() -> str:
         sample = next(r for r in rows if r["device"] == device)
         lines += [f"**{device}** — torch {sample['torch']}, commit {sample['commit']}, {sample['date'][:10]}", "",
                   "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        if name == "fastpath":
+            lines[-2] = lines[-2].replace("speedup_vs_ref", "default ÷ variant")
         lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows if r["device"] == device]
         lines.append("")
     return "\n".join(lines).rstrip()
 
 
-TABLES = {"ops": ops_table, "methods": methods_table, "step": step_table}
+TABLES = {"ops": ops_table, "methods": methods_table, "step": step_table,
+          "fastpath": lambda: step_table("fastpath")}
 
 
 def main() -> int:
