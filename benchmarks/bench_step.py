@@ -14,8 +14,9 @@ What is timed, per model and per-side batch size B (B forget rows and B retain r
   it for the device (:mod:`fastunlearn.engine.fastpath`: CPU fp32 + fused Adam; CUDA bf16 autocast +
   torch.compile + SDPA/xformers + channels-last + fused Adam): one forward+backward per side (≈7
   forward-equivalents: target fwd 1 + 3 + 3).
-- ``fastunlearn-bf16`` (CPU only) — the same with ``--precision bf16`` (bf16 autocast, fp32 master weights),
-  which is opt-in on CPU.
+- ``fastunlearn-fp32`` / ``fastunlearn-bf16`` (CPU only) — the same step in the precision the device's default
+  is not (the default is bf16 autocast on a CPU with native bf16, fp32 elsewhere; the reference is fp32).
+  Rows measured at commit 616ec2e name the fp32 default ``fastunlearn`` and the opt-in bf16 ``fastunlearn-bf16``.
 - ``fastunlearn-single-forward`` — the same step with ``single_forward=True``: one forward of [forget; retain]
   and two full backwards through the 2B-row graph (≈11 forward-equivalents: 1 + 2 + 4 + 4).
   Rows measured before commit "erasediff: two passes by default" name these two differently: there
@@ -184,13 +185,19 @@ class Sides:
 
 
 def default_names(device: torch.device) -> tuple[str, ...]:
+    """The rows: the library's default step, on CPU the same in the other precision, single-forward, reference."""
     names = ("fastunlearn", "fastunlearn-single-forward", "reference")
-    return names[:1] + ("fastunlearn-bf16",) + names[1:] if device.type == "cpu" else names
+    if device.type != "cpu":
+        return names
+    other = "fp32" if resolve_fast_path(UnlearnConfig(), device).precision == "bf16" else "bf16"
+    return names[:1] + (f"fastunlearn-{other}",) + names[1:]
 
 
 def fast_path_of(name: str, device: torch.device) -> FastPath:
-    """The engine's fast path a row runs: the device default (what ``fastunlearn run`` uses), or bf16."""
-    return resolve_fast_path(UnlearnConfig(precision="bf16" if name.endswith("bf16") else "auto"), device)
+    """The engine's fast path a row runs: the device default (what ``fastunlearn run`` uses), or the
+    precision its name ends with."""
+    precision = name.rsplit("-", 1)[-1] if name.endswith(("-bf16", "-fp32")) else "auto"
+    return resolve_fast_path(UnlearnConfig(precision=precision), device)
 
 
 def library_step(adapter, retained, sides: Sides, fast: FastPath, single_forward: bool = False):
@@ -413,7 +420,7 @@ def plot(rows, path: Path) -> None:
     models = sorted({r["model"] for r in rows})
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for impl, style in (("reference", "o-"), ("fastunlearn", "s-"), ("fastunlearn-bf16", "s:"),
+        for impl, style in (("reference", "o-"), ("fastunlearn", "s-"), ("fastunlearn-bf16", "s:"), ("fastunlearn-fp32", "s:"),
                             ("fastunlearn-single-forward", "^--"), ("fastunlearn-2pass", "^--")):
             pts = sorted((r["batch"], r["median_ms"] / 1e3) for r in rows if r["model"] == model and r["impl"] == impl)
             if pts:

@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="forget the class from the model's unconditional generations")
     p_run.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     fast = p_run.add_argument_group("fast path", "each defaults to what was measured fastest on the device (README, Fast path)")
-    fast.add_argument("--precision", help="auto (default: bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16")
+    fast.add_argument("--precision", help="auto (default: bf16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16")
     fast.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                       help="torch.compile the UNet (default: on for CUDA, off on CPU)")
     fast.add_argument("--attention", help="auto (default: xformers when importable on CUDA, else sdpa), sdpa, xformers, eager")

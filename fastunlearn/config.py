@@ -47,7 +47,7 @@ class UnlearnConfig:
     log_every: int = 10  #: steps between metric reads (progress bar, metrics.jsonl)
     device: str = "auto"
     # ---- the fast path (engine/fastpath.py resolves "auto" per device; README "Fast path" has the measurements)
-    precision: str = "auto"  #: auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 autocast with fp32 master weights
+    precision: str = "auto"  #: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, or bf16 autocast (fp32 master weights)
     compile: bool | str = "auto"  #: torch.compile the UNet: auto (on for CUDA, off on CPU), true, false
     attention: str = "auto"  #: auto (xformers when importable on CUDA, else SDPA), sdpa, xformers, eager
     channels_last: bool | str = "auto"  #: channels-last memory format: auto (on for CUDA, off on CPU), true, false

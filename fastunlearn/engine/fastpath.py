@@ -7,9 +7,12 @@ path"; ``python benchmarks/bench_step.py --fast-path`` prints the ablation):
 ===================  ======================================  =============================================
 switch               auto on CUDA                            auto on CPU
 ===================  ======================================  =============================================
-``precision``        bf16 autocast (fp32 master weights,     fp32 (bf16 autocast is ~1.4× faster on an
-                     fp32 loss accumulation in the ops)      AVX512-BF16 CPU but is opt-in: the shipped
-                                                             defaults were measured in fp32)
+``precision``        bf16 autocast (fp32 master weights,     bf16 autocast on a CPU with native bf16
+                     fp32 loss accumulation in the ops)      instructions (AVX512-BF16 or AMX: measured
+                                                             2.0× the fp32 step on the digits UNet at
+                                                             batch 64, 1.8× on the CIFAR-10-sized one,
+                                                             same forgetting and retention on the default
+                                                             job); fp32 elsewhere (emulated bf16 is slow)
 ``compile``          on (``torch.compile`` of the UNet)      off (measured: no gain on the digits UNet for
                                                              ~2 min of compile time)
 ``attention``        xformers if importable and ≥ 0.0.23,    PyTorch SDPA
@@ -85,6 +88,34 @@ def fused_adam_supported(device: torch.device) -> bool:
     return device.type in ("cuda", "cpu") and _version_tuple(torch.__version__) >= (2, 4)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU executes bf16 natively (AVX512-BF16 or AMX-BF16) and torch's oneDNN can use it."""
+    try:
+        flags = set()
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return False
+    if not flags & {"avx512_bf16", "amx_bf16"}:
+        return False
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def auto_precision(device: torch.device) -> str:
+    """``auto`` precision: bf16 on CUDA with bf16 support and on CPUs with native bf16, else fp32."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
+
+
 def resolve_fast_path(cfg: Any, device: torch.device) -> FastPath:
     """Turn a config's ``auto`` switches into concrete ones for ``device``; raise on impossible asks."""
     cuda = device.type == "cuda"
@@ -92,9 +123,7 @@ def resolve_fast_path(cfg: Any, device: torch.device) -> FastPath:
     def pick(value: Any, auto: bool) -> bool:
         return auto if value == "auto" else bool(value)
 
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    precision = auto_precision(device) if cfg.precision == "auto" else cfg.precision
     compile_ = pick(cfg.compile, cuda)
     attention = cfg.attention
     if attention == "auto":
@@ -167,4 +196,4 @@ def prepare_model(adapter: Any, device: torch.device, fast: FastPath | None = No
 
 
 __all__ = ["FastPath", "resolve_fast_path", "prepare_model", "set_attention", "attention_layers", "xformers_status",
-           "fused_adam_supported", "XFORMERS_MIN_VERSION"]
+           "fused_adam_supported", "auto_precision", "cpu_has_native_bf16", "XFORMERS_MIN_VERSION"]

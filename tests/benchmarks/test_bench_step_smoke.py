@@ -13,8 +13,9 @@ def test_bench_step_smoke(tmp_path):
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # hang guard; ~15 s idle, 43 s at load avg 6
     assert out.returncode == 0, out.stdout + out.stderr
     table = out.stdout[out.stdout.index("speedup_vs_ref"):]
-    for impl in ("fastunlearn", "fastunlearn-bf16", "fastunlearn-single-forward", "reference"):
+    for impl in ("fastunlearn", "fastunlearn-single-forward", "reference"):
         assert f" {impl} " in table, out.stdout
+    assert " fastunlearn-bf16 " in table or " fastunlearn-fp32 " in table, out.stdout
     assert not list(tmp_path.iterdir()), "--smoke must write nothing"
 
 
@@ -24,6 +25,7 @@ def test_bench_step_ablation_smoke(tmp_path):
                           "--ablation"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     table = out.stdout[out.stdout.index("speedup_vs_ref"):]
-    for impl in ("default", "precision=bf16", "channels_last=True", "fused_optimizer=False", "attention=eager"):
+    for impl in ("default", "channels_last=True", "fused_optimizer=False", "attention=eager"):
         assert f" {impl} " in table, out.stdout
+    assert " precision=bf16 " in table or " precision=fp32 " in table, out.stdout
     assert not list(tmp_path.iterdir()), "--smoke must write nothing"

@@ -11,7 +11,7 @@ import torch
 from fastunlearn.api import run_config
 from fastunlearn.config import UnlearnConfig
 from fastunlearn.engine import FastPath, LoopSettings, SampleSet, prepare_model, resolve_fast_path, train
-from fastunlearn.engine.fastpath import attention_layers, set_attention, xformers_status
+from fastunlearn.engine.fastpath import attention_layers, auto_precision, cpu_has_native_bf16, set_attention, xformers_status
 from fastunlearn.errors import NumericalError, OutOfMemoryError, UserInputError
 from fastunlearn.methods import Batch, get
 from fastunlearn.methods.base import MethodConfig, parse_options
@@ -26,12 +26,22 @@ def _cfg(**kw) -> UnlearnConfig:
 
 def test_cpu_auto_defaults():
     fast = resolve_fast_path(_cfg(), CPU)
-    assert fast == FastPath(precision="fp32", compile=False, attention="sdpa", channels_last=False,
+    assert fast == FastPath(precision=auto_precision(CPU), compile=False, attention="sdpa", channels_last=False,
                             fused_optimizer=True, cuda_graphs=False, grad_checkpointing=False)
     forced = resolve_fast_path(_cfg(precision="bf16", compile=True, channels_last=True, fused_optimizer=False,
                                     attention="eager", grad_checkpointing=True), CPU)
     assert (forced.precision, forced.compile, forced.channels_last, forced.fused_optimizer, forced.attention,
             forced.grad_checkpointing) == ("bf16", True, True, False, "eager", True)
+
+
+def test_auto_precision_follows_native_bf16(monkeypatch):
+    from fastunlearn.engine import fastpath
+
+    assert auto_precision(CPU) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    monkeypatch.setattr(fastpath, "cpu_has_native_bf16", lambda: False)
+    assert auto_precision(CPU) == "fp32"
+    monkeypatch.setattr(fastpath, "cpu_has_native_bf16", lambda: True)
+    assert auto_precision(CPU) == "bf16"
 
 
 @pytest.mark.parametrize("kw, match", [
