@@ -47,8 +47,8 @@ Models: ``digits`` — the shipped ``zoo:digits-ddpm`` (≈1M params, 16×16); `
 ``sd`` (CUDA only) — an SD-1.x-sized ``UNet2DConditionModel`` (≈860M) on 4×64×64 latents with fixed random
 77×768 "prompt" embeddings per class, through a small adapter defined here.
 Rows are appended to ``benchmarks/results/step.csv``; ``benchmarks/results/step.png`` plots step time vs
-batch size from the CSV's rows of the current commit and device (so ``--models`` runs split across
-processes fill one figure).
+batch size from the CSV rows the README table shows for this device (per model, its newest commit's rows —
+so ``--models`` runs split across processes fill one figure).
 """
 from __future__ import annotations
 
@@ -434,7 +434,8 @@ def plot(rows, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     env = rows[0]
-    fig.suptitle(f"EraseDiff outer step — {env['device']} — torch {env['torch']} — {env['commit']}", fontsize=8)
+    commits = ", ".join(sorted({str(r["commit"]) for r in rows}))
+    fig.suptitle(f"EraseDiff outer step — {env['device']} — torch {env['torch']} — commit {commits}", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -530,11 +531,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.csv and Path(args.csv).exists():
                 import csv
 
-                with open(args.csv) as fh:
-                    rows = [r for r in csv.DictReader(fh) if r["commit"] == env["commit"] and r["device"] == env["device"]]
+                from readme_tables import _latest_commit_rows
+
+                with open(args.csv) as fh:  # the rows the README table shows, for this device
+                    rows = [r for r in _latest_commit_rows(list(csv.DictReader(fh)), ("model", "impl", "batch"))
+                            if r["device"] == env["device"]]
                 for r in rows:
                     r["batch"], r["median_ms"] = int(r["batch"]), float(r["median_ms"])
-                rows = list({(r["model"], r["impl"], r["batch"]): r for r in rows}.values())
             plot(rows, Path(args.png))
             print(f"wrote {args.png}")
     return 0

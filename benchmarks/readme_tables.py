@@ -30,16 +30,17 @@ def _latest_runs(rows: list[dict]) -> list[dict]:
 
 
 def _latest_commit_rows(rows: list[dict], key: tuple[str, ...]) -> list[dict]:
-    """Per device, the rows of the commit of its newest row — runs split over processes or hours (e.g.
-    ``--models digits`` then ``--models cifar10``) fill one table — the newest row per ``key``."""
+    """Per device and model, the rows of the commit of that model's newest row (so ``--models digits`` and
+    ``--models cifar10`` run separately, even across a commit, fill one table), the newest row per ``key``."""
     keep: dict[tuple, dict] = {}
-    for device in {r["device"] for r in rows}:
-        dev_rows = sorted((r for r in rows if r["device"] == device), key=lambda r: r["date"])
-        commit = dev_rows[-1]["commit"]
-        for r in dev_rows:
+    for device, model in {(r["device"], r["model"]) for r in rows}:
+        group = sorted((r for r in rows if (r["device"], r["model"]) == (device, model)), key=lambda r: r["date"])
+        commit = group[-1]["commit"]
+        for r in group:
             if r["commit"] == commit:
                 keep[(device,) + tuple(r[k] for k in key)] = r
-    return list(keep.values())
+    order = {"digits": 0, "cifar10": 1, "sd": 2}
+    return sorted(keep.values(), key=lambda r: (r["device"], order.get(r["model"], 9), int(r["batch"])))
 
 
 def _human(numel: str) -> str:
@@ -89,7 +90,8 @@ def step_table(name: str = "step") -> str:
     lines = []
     for device in sorted({r["device"] for r in rows}):
         sample = next(r for r in rows if r["device"] == device)
-        lines += [f"**{device}** — torch {sample['torch']}, commit {sample['commit']}, {sample['date'][:10]}", "",
+        commits = ", ".join(sorted({r["commit"] for r in rows if r["device"] == device}))
+        lines += [f"**{device}** — torch {sample['torch']}, commit {commits}, {sample['date'][:10]}", "",
                   "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         if name == "fastpath":
             lines[-2] = lines[-2].replace("speedup_vs_ref", "default ÷ variant")
