@@ -373,13 +373,14 @@ def ablation_impls(adapter, retained, device, smoke: bool = False):
     return {name: (lambda sides, f=f: library_step(adapter, retained, sides, f)[0]) for name, f in variants.items()}
 
 
-def forgetting(steps: int, batch: int, per_class: int, eval_steps: int) -> list[dict]:
+def forgetting(steps: int, batch: int, per_class: int, eval_steps: int, library_steps: int | None = None) -> list[dict]:
     """Forget/retain generation accuracy on the digits default after the same outer steps of both steps.
 
     Same initial model (``zoo:digits-ddpm``), same forget/retain rows per step, lr 1e-4, cosine rule η 0.5,
     EMA 0.95 for both; each evaluated on its EMA weights (the model a run saves) with the shipped digits
     classifier on seeded DDIM samples (``per_class`` per class, ``eval_steps`` DDIM steps), as
-    ``bench_methods.py`` does. Forget = class 0; retain = mean over classes 1–9.
+    ``bench_methods.py`` does. Forget = class 0; retain = mean over classes 1–9. ``library_steps`` (default
+    ``steps``) runs the library's step that many times instead — e.g. as many as fit the reference's wall time.
     """
     from bench_methods import Evaluator
 
@@ -392,14 +393,17 @@ def forgetting(steps: int, batch: int, per_class: int, eval_steps: int) -> list[
     rows = [{"impl": "before", "steps": 0, **evaluator(adapter), "train_s": 0.0}]
     impls, objs = make_impls(adapter, retained, Sides(images, labels, batch), names=("fastunlearn", "reference"))
     spent = {n: 0.0 for n in impls}
-    for i in range(steps):
+    library_steps = steps if library_steps is None else library_steps
+    for i in range(max(steps, library_steps)):
         for name, fn in impls.items():
+            if i >= (library_steps if name == "fastunlearn" else steps):
+                continue
             t0 = time.perf_counter()
             fn(i)
             spent[name] += time.perf_counter() - t0
     m = objs["fastunlearn"]
     m.finalize()
-    rows.append({"impl": "fastunlearn", "steps": steps, **evaluator(m.adapter), "train_s": round(spent["fastunlearn"], 1)})
+    rows.append({"impl": "fastunlearn", "steps": library_steps, **evaluator(m.adapter), "train_s": round(spent["fastunlearn"], 1)})
     ref = objs["reference"]
     with torch.no_grad():
         for n, p in ref.unet.named_parameters():
@@ -457,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--forgetting", type=int, default=0, metavar="STEPS",
                     help="instead of timing: forget/retain accuracy on digits after STEPS outer steps of each (prints only)")
     ap.add_argument("--forgetting-batch", type=int, default=32)
+    ap.add_argument("--forgetting-library-steps", type=int, default=None,
+                    help="--forgetting: outer steps of the library's step (default: the same STEPS as the reference)")
     ap.add_argument("--per-class", type=int, default=20, help="--forgetting: generations per class")
     ap.add_argument("--eval-steps", type=int, default=20, help="--forgetting: DDIM steps")
     ap.add_argument("--ablation", action="store_true",
@@ -493,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         models, per_model, warmup = ["tiny"], {"tiny": [2]}, 0
 
     if args.forgetting:
-        rows = forgetting(args.forgetting, args.forgetting_batch, args.per_class, args.eval_steps)
+        rows = forgetting(args.forgetting, args.forgetting_batch, args.per_class, args.eval_steps,
+                          args.forgetting_library_steps)
         print_table(rows, ["impl", "steps", "forget", "retain", "train_s"])
         return 0
     env = environment(device)
