@@ -4,6 +4,10 @@ model (models/) → forget/retain sets (data/) → method (methods/) → loop (e
 (eval/) → ``out_dir/``. Every user mistake is found before anything is written. The job writes into
 ``.<out_dir>.partial`` next to ``out_dir`` (which also holds the checkpoints ``resume`` continues from) and
 moves it into place only when complete, so ``out_dir`` is never a half-written result.
+
+Under ``torchrun`` (:mod:`fastunlearn.engine.distributed`) every process loads the model and data and
+trains its share of each global batch; process 0 alone evaluates and writes the partial dir, the
+checkpoints and the output, while the others wait at barriers, so ``out_dir`` is in place when any returns.
 """
 from __future__ import annotations
 
@@ -134,8 +138,12 @@ def _jsonable(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
     return json.loads(json.dumps({k: v for k, v in metrics.items() if k != "images"}, default=str))
 
 
-def _prepare(cfg: UnlearnConfig):
-    """Load and check everything (model, data, method) — raises before any file is written."""
+def _prepare(cfg: UnlearnConfig, dist: Any = None):
+    """Load and check everything (model, data, method) — raises before any file is written.
+
+    ``dist``: the started :class:`~fastunlearn.engine.distributed.Distributed` of a multi-process run (its
+    device, its gradient reduction); None for one process.
+    """
     from fastunlearn.data.selection import select_forget_retain
     from fastunlearn.engine import SampleSet, prepare_model, resolve_device, resolve_fast_path
     from fastunlearn.methods import base as methods
@@ -143,7 +151,7 @@ def _prepare(cfg: UnlearnConfig):
 
     from fastunlearn.ops import backends
 
-    device = resolve_device(cfg.device)
+    device = dist.device if dist is not None and dist.device is not None else resolve_device(cfg.device)
     # FASTUNLEARN_BACKEND is read by the ops on every call: check it here, before the model loads, rather
     # than at the first step with the output half-made.
     if backends.requested_backend() != "auto":
@@ -178,6 +186,7 @@ def _prepare(cfg: UnlearnConfig):
         lr=float(cfg.lr), options=methods.parse_options(cfg.method, cfg.options),
         forget_classes=tuple(sets.forget_classes), retain_classes=tuple(sets.retain_classes),
         unconditional=cfg.unconditional, scope=cfg.scope, fused_optimizer=fast.fused_optimizer,
+        reduce_gradients=dist.gradient_reducer() if dist is not None else None,
     ))
     adapter.fast_path = fast  # recorded in the manifest
     judge = _judge(adapter) if cfg.evaluate else None
@@ -219,17 +228,25 @@ def _move_into_place(work: Path, out_dir: Path) -> None:
 def run_config(cfg: UnlearnConfig, on_step=None) -> UnlearnResult:
     """Run a job described by an :class:`UnlearnConfig` (see :func:`run`)."""
 
+    from fastunlearn.engine import resolve_device
+    from fastunlearn.engine.distributed import Distributed
+
     cfg = cfg.resolved()
     out_dir = Path(cfg.out_dir).expanduser().resolve()
+    dist = Distributed.from_env(cfg.sharding)
+    dist.check_batch_size(cfg.batch_size)
     _check_out_dir(out_dir, cfg.resume)
     threads_before = torch.get_num_threads()
     try:
-        return _run_prepared(cfg, out_dir, on_step)
+        dist.start(resolve_device(cfg.device))
+        return _run_prepared(cfg, out_dir, on_step, dist)
     except BaseException:
-        _drop_unresumable(_partial_dir(out_dir))
+        if dist.is_main:
+            _drop_unresumable(_partial_dir(out_dir))
         raise
     finally:
         torch.set_num_threads(threads_before)  # the thread count is process-global: give it back
+        dist.stop()
 
 
 def _drop_unresumable(work: Path) -> None:
@@ -251,22 +268,25 @@ def _load_eval_cache(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step) -> UnlearnResult:
-    from fastunlearn.engine import LoopSettings, cpu_threads, train
+def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step, dist: Any) -> UnlearnResult:
+    from fastunlearn.engine import cpu_threads, train
     from fastunlearn.engine.loop import check_finite_weights
     from fastunlearn.eval.grids import save_class_grid
 
-    adapter, method, forget, retain, sets, judge = _prepare(cfg)
+    adapter, method, forget, retain, sets, judge = _prepare(cfg, dist)
     threads = cpu_threads(adapter, adapter.device, cfg.threads)
     if threads is not None:
         torch.set_num_threads(threads)
     work = _partial_dir(out_dir)
+    started = time.perf_counter()
+    started_at = time.time()
+    if not dist.is_main:
+        dist.barrier()  # process 0 has made the partial dir (and evaluated the model before)
+        return _run_other_process(cfg, out_dir, on_step, dist, adapter, method, forget, retain, work)
     if not cfg.resume:
         shutil.rmtree(work, ignore_errors=True)  # a stale partial run that was not resumed
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(cfg.to_yaml())
-    started = time.perf_counter()
-    started_at = time.time()
     weights_before = _original_weights(cfg, adapter)
 
     before = None
@@ -276,13 +296,8 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step) -> UnlearnResult:
         if before is None:
             before = evaluate(adapter, cfg, sets.forget_classes, judge, sets)
             torch.save(before, cached)
-    settings = LoopSettings(
-        steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, precision=adapter.fast_path.precision,
-        max_skipped_steps=cfg.max_skipped_steps,
-        checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=cfg.progress,
-        resume=cfg.resume, fingerprint=cfg.fingerprint(),
-    )
-    loop = train(adapter, method, forget, retain, settings, work, on_step=on_step)
+    dist.barrier()
+    loop = train(adapter, method, forget, retain, _loop_settings(cfg, adapter), work, on_step=on_step, dist=dist)
     method.finalize()
     adapter.unet.eval()
     after = evaluate(adapter, cfg, sets.forget_classes, judge, sets) if judge is not None else None
@@ -308,8 +323,36 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step) -> UnlearnResult:
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     (work / "eval_before.pt").unlink(missing_ok=True)
     _move_into_place(work, out_dir)
+    dist.barrier()  # the output is in place: the other processes may return
+    dist.broadcast_object((_jsonable(before), _jsonable(after), train_info, paths))
     return UnlearnResult(adapter=adapter, config=cfg, out_dir=out_dir, metrics_before=_jsonable(before),
                          metrics_after=_jsonable(after), train=train_info, paths=paths)
+
+
+def _loop_settings(cfg: UnlearnConfig, adapter: Any):
+    from fastunlearn.engine import LoopSettings
+
+    return LoopSettings(
+        steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, precision=adapter.fast_path.precision,
+        max_skipped_steps=cfg.max_skipped_steps,
+        checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=cfg.progress,
+        resume=cfg.resume, fingerprint=cfg.fingerprint(),
+    )
+
+
+def _run_other_process(cfg: UnlearnConfig, out_dir: Path, on_step, dist: Any, adapter: Any, method: Any,
+                       forget: Any, retain: Any, work: Path) -> UnlearnResult:
+    """A process other than 0 of a ``torchrun`` job: train its rows, then wait for process 0 to write the
+    output; it returns process 0's metrics."""
+    from fastunlearn.engine import train
+
+    train(adapter, method, forget, retain, _loop_settings(cfg, adapter), work, on_step=on_step, dist=dist)
+    method.finalize()
+    adapter.unet.eval()
+    dist.barrier()
+    before, after, train_info, paths = dist.broadcast_object(None)
+    return UnlearnResult(adapter=adapter, config=cfg, out_dir=out_dir, metrics_before=before,
+                         metrics_after=after, train=train_info, paths=paths)
 
 
 def _write_report_and_manifest(work: Path, out_dir: Path, cfg: UnlearnConfig, adapter: Any, sets: Any,

@@ -28,6 +28,7 @@ _RUN_FLAGS = {
     "device": "device", "precision": "precision", "eval_per_class": "eval_per_class", "eval_steps": "eval_steps",
     "scope": "scope", "threads": "threads", "attention": "attention", "max_skipped_steps": "max_skipped_steps",
     "compile": "compile", "channels_last": "channels_last", "fused_optimizer": "fused_optimizer",
+    "sharding": "sharding",
 }
 #: Shortcuts for the most used EraseDiff options (equal to --option KEY=VALUE).
 _OPTION_FLAGS = ("target", "lambda_rule", "eta")
@@ -65,8 +66,12 @@ def _run_config(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> int:
     from fastunlearn.api import run_config
 
+    from fastunlearn.engine.distributed import is_main_process
+
     cfg = _run_config(args)
     result = run_config(cfg)
+    if not is_main_process():  # under torchrun the job's summary is printed once, by process 0
+        return 0
     train = result.train
     print(f"\nunlearned {result.config.forget} from {result.config.model} with {result.config.method}: "
           f"{train['steps']} steps in {train['train_wall_s']:.1f}s ({train['steps_per_s']:.2f} steps/s), "
@@ -96,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--retain", help="selector of the data to keep (default: the rest of the train split)")
     p_run.add_argument("--method", help="unlearning method (default erasediff)")
     p_run.add_argument("--steps", type=int, help="optimisation steps (default: the method's)")
-    p_run.add_argument("--batch-size", type=int, help="forget and retain rows per step (default: the method's)")
+    p_run.add_argument("--batch-size", type=int,
+                       help="forget and retain rows per step, the global batch under torchrun (default: the method's)")
     p_run.add_argument("--lr", type=float, help="learning rate (default: the method's)")
     p_run.add_argument("--seed", type=int, help="seed of the batches and noise (default 0)")
     p_run.add_argument("--out", help="output directory (default ./fastunlearn-out)")
@@ -118,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fused Adam kernel (default: on where torch has one)")
     fast.add_argument("--cuda-graphs", action="store_true", help="capture the compiled UNet in CUDA graphs (CUDA only)")
     p_run.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward to save memory")
+    p_run.add_argument("--sharding", help="under torchrun: ddp (default; gradients all-reduced) or fsdp (FSDP2)")
     p_run.add_argument("--max-skipped-steps", type=int, metavar="N",
                        help="abort after N consecutive steps skipped for a non-finite gradient (default 10)")
     p_run.add_argument("--trust-pickle", action="store_true",

@@ -19,6 +19,7 @@ from fastunlearn.errors import UserInputError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "eager")
+SHARDINGS = ("ddp", "fsdp")
 
 
 @dataclass
@@ -30,7 +31,8 @@ class UnlearnConfig:
     retain: Any = None  #: selector; default: the rest of the digits train split
     method: str = "erasediff"
     steps: int | None = None  #: None: the method's default
-    batch_size: int | None = None  #: rows per side (forget and retain) per step; None: the method's default
+    #: rows per side (forget and retain) per step — the GLOBAL batch under torchrun; None: the method's default
+    batch_size: int | None = None
     lr: float | None = None  #: None: the method's default
     seed: int = 0
     out_dir: str = "fastunlearn-out"
@@ -54,6 +56,8 @@ class UnlearnConfig:
     fused_optimizer: bool | str = "auto"  #: fused Adam kernel: auto (where torch has one: CPU, CUDA), true, false
     cuda_graphs: bool = False  #: capture the compiled step in CUDA graphs (torch.compile mode reduce-overhead)
     grad_checkpointing: bool = False  #: recompute activations in the backward to save memory
+    #: under torchrun: ddp (every process holds the whole model; gradients all-reduced) or fsdp (FSDP2 shards)
+    sharding: str = "ddp"
     #: consecutive steps skipped for a non-finite gradient before the run aborts
     max_skipped_steps: int = 10
     trust_pickle: bool = False  #: allow loading pickle (.bin/.pt/.ckpt) weights: only for files you trust
@@ -177,6 +181,8 @@ class UnlearnConfig:
         if not isinstance(self.max_skipped_steps, int) or isinstance(self.max_skipped_steps, bool) \
                 or self.max_skipped_steps <= 0:
             raise UserInputError(f"max_skipped_steps must be a positive integer, got {self.max_skipped_steps!r}")
+        if self.sharding not in SHARDINGS:
+            raise UserInputError(f"unknown sharding {self.sharding!r}; expected one of {', '.join(SHARDINGS)}")
         if self.precision not in PRECISIONS:
             raise UserInputError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if not isinstance(self.model, str) or not self.model:
@@ -206,4 +212,4 @@ def parse_option_pairs(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-__all__ = ["UnlearnConfig", "parse_option_pairs", "PRECISIONS", "ATTENTION_BACKENDS"]
+__all__ = ["UnlearnConfig", "parse_option_pairs", "PRECISIONS", "ATTENTION_BACKENDS", "SHARDINGS"]

@@ -7,6 +7,11 @@ the checkpoint of step k is bitwise the uninterrupted run on the same device and
 
 Host syncs: the method returns device tensors; the loop adds them to device-side sums and reads them only
 every ``log_every`` steps (progress bar and JSONL line), so a CUDA step never waits on the host.
+
+Many processes (:mod:`fastunlearn.engine.distributed`): every process draws the same global batch from the
+step's generator and computes its ``rows`` of it; metrics are averaged over processes at the log reads; only
+process 0 writes the log, the checkpoints and the progress bar. Every process resumes from the same
+checkpoint (the output must be on a filesystem they all see).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastunlearn.engine import checkpoint as ckpt
+from fastunlearn.engine.distributed import Distributed
 from fastunlearn.errors import NumericalError, OutOfMemoryError, UserInputError
 from fastunlearn.methods.base import Batch
 
@@ -107,9 +113,10 @@ def _autocast(device: torch.device, precision: str):
     raise UserInputError(f"unknown precision {precision!r}; expected fp32 or bf16")
 
 
-def _batch(data: SampleSet, n: int, generator: torch.Generator) -> Batch:
+def _batch(data: SampleSet, n: int, generator: torch.Generator, rows: slice = slice(None)) -> Batch:
+    """The step's global batch of ``n`` rows (drawn in full whatever ``rows`` this process computes)."""
     idx = torch.randint(0, len(data), (n,), generator=generator)
-    return Batch(images=data.images[idx], labels=data.labels[idx], generator=generator)
+    return Batch(images=data.images[idx], labels=data.labels[idx], generator=generator, rows=rows)
 
 
 #: torch.OutOfMemoryError (torch ≥ 2.5) or its older CUDA-only name.
@@ -154,12 +161,16 @@ def train(
     settings: LoopSettings,
     work_dir: Path,
     on_step: Callable[[int], None] | None = None,
+    dist: Distributed | None = None,
 ) -> LoopResult:
     """Run ``settings.steps`` method steps; checkpoints in ``work_dir/checkpoints``, logs in ``work_dir/metrics.jsonl``.
 
     ``on_step(step)`` is called after each completed step (and its checkpoint): a hook for callers and for
-    the crash tests.
+    the crash tests. ``dist``: this process's place in a multi-process job (default: one process).
     """
+    dist = dist or Distributed()
+    main = dist.is_main
+    rows = dist.rows(settings.batch_size)
     if settings.steps <= 0:
         raise UserInputError(f"steps must be > 0, got {settings.steps}")
     if len(forget) == 0 or len(retain) == 0:
@@ -183,11 +194,14 @@ def train(
         method.load_state_dict(state["method"])
         ckpt.set_rng_state(state["rng"])
         start_step = int(state["step"])
-        _trim_jsonl(log_path, start_step)
+        if main:
+            _trim_jsonl(log_path, start_step)
     else:
         torch.manual_seed(settings.seed)
-        log_path.unlink(missing_ok=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            log_path.unlink(missing_ok=True)
+    if main:
+        work_dir.mkdir(parents=True, exist_ok=True)
 
     sums: dict[str, torch.Tensor] = {}
     count = 0
@@ -199,14 +213,14 @@ def train(
     last: dict[str, float] = {}
     t_start = time.perf_counter()
     t_log, step_log = t_start, start_step
-    bar = tqdm(total=settings.steps, initial=start_step, disable=not settings.progress, desc="unlearn",
+    bar = tqdm(total=settings.steps, initial=start_step, disable=not (settings.progress and main), desc="unlearn",
                dynamic_ncols=True, leave=True)
     try:
-        with log_path.open("a") as log:
+        with (log_path.open("a") if main else contextlib.nullcontext()) as log:
             for step in range(start_step + 1, settings.steps + 1):
                 gen = torch.Generator().manual_seed(step_seed(settings.seed, step))
-                fb = _batch(forget, settings.batch_size, gen)
-                rb = _batch(retain, settings.batch_size, gen)
+                fb = _batch(forget, settings.batch_size, gen, rows)
+                rb = _batch(retain, settings.batch_size, gen, rows)
                 try:
                     with autocast:
                         metrics = method.step(fb, rb)
@@ -224,8 +238,8 @@ def train(
                 bar.update(1)
                 if step % settings.log_every == 0 or step == settings.steps:
                     keys = list(sums)
-                    *values, n_long, n_skip = torch.stack(
-                        [sums[k] for k in keys] + [longest, skipped_total]).cpu().tolist()  # the one host sync
+                    stacked = dist.average_(torch.stack([sums[k] for k in keys] + [longest, skipped_total]))
+                    *values, n_long, n_skip = stacked.cpu().tolist()  # the one host sync
                     now = time.perf_counter()
                     last = {k: v / count for k, v in zip(keys, values)}
                     skipped_seen = int(n_skip)
@@ -237,18 +251,20 @@ def train(
                     longest = torch.zeros_like(longest)
                     record = {"step": step, **last, "skipped_total": skipped_seen, "steps_per_s": (step - step_log) / max(now - t_log, 1e-9),
                               "elapsed_s": now - t_start}
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
+                    if main:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
                     bar.set_postfix({"L_f": f"{last.get('loss_forget', 0):.4f}", "L_r": f"{last.get('loss_retain', 0):.4f}",
                                      "λ": f"{last.get('lambda', 0):.3f}", "skip": skipped_seen,
                                      "it/s": f"{record['steps_per_s']:.2f}"})
                     sums, count, t_log, step_log = {}, 0, now, step
                 if settings.checkpoint_every > 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
-                    check_finite_weights(adapter)
-                    ckpt.save_checkpoint(ckpt_dir, step, {
-                        "step": step, "model": adapter.state_dict(), "method": method.state_dict(),
-                        "rng": ckpt.rng_state(), "fingerprint": settings.fingerprint,
-                    }, keep=settings.keep_checkpoints)
+                    check_finite_weights(adapter)  # on every process: the weights are the same everywhere
+                    if main:
+                        ckpt.save_checkpoint(ckpt_dir, step, {
+                            "step": step, "model": adapter.state_dict(), "method": method.state_dict(),
+                            "rng": ckpt.rng_state(), "fingerprint": settings.fingerprint,
+                        }, keep=settings.keep_checkpoints)
                 if on_step is not None:
                     on_step(step)
     finally:

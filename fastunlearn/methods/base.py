@@ -26,11 +26,22 @@ class Batch:
 
     ``generator`` is the step's CPU generator (seeded from (seed, step) by the engine): every random draw
     of the step — timesteps, noise, pseudo-labels — comes from it, which is what makes resume exact.
+
+    ``rows`` are the rows this process computes. In a multi-process run the engine hands every process the
+    whole global batch and a contiguous slice of it; a method makes each per-row random draw for ALL rows
+    (so the draws do not depend on the number of processes) and computes on ``rows`` only: it passes
+    ``rows=batch.rows`` to the adapter's ``noised_batch`` and takes ``batch.local(x)`` of any other per-row
+    draw. One process: all rows.
     """
 
     images: torch.Tensor  #: ``[N, C, H, W]`` in [-1, 1]
     labels: torch.Tensor  #: ``[N]`` int64 class labels (ignored by unconditional models)
     generator: torch.Generator
+    rows: slice = dataclasses.field(default_factory=lambda: slice(None))
+
+    def local(self, x: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a per-row tensor drawn for the whole batch."""
+        return x[self.rows]
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,9 @@ class MethodConfig:
     #: use torch's fused Adam (resolved per device by the engine's fast path); it also lets a non-finite
     #: step be skipped on the device (``found_inf``)
     fused_optimizer: bool = False
+    #: the engine's gradient reduction (:class:`fastunlearn.engine.distributed.GradientReducer`): averages a
+    #: flat gradient buffer over the processes of a multi-process run, in place; None: one process
+    reduce_gradients: Any = None
 
 
 @runtime_checkable

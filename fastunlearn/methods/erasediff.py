@@ -16,7 +16,10 @@ min_φ L_f(φ) is a constant and ∇q = ∇L_f; the update is θ ← Adam(∇L_r
 - ``fixed``  λ = η                                     (the authors' default, η = 0.1)
 
 One step = ∇L_f and ∇L_r into two flat gradient buffers → the fused :func:`fastunlearn.ops.bilevel_combine`
-in place → grad-clip → Adam reading ``param.grad`` views of the combined buffer. Nothing in a step reads a
+in place → grad-clip → Adam reading ``param.grad`` views of the combined buffer. Under ``torchrun`` each
+buffer is averaged over the processes by the engine's ``reduce_gradients`` (DDP's all-reduce, one bucket per
+buffer; ∇L_f's overlaps the retain side's forward and backward) BEFORE the combine, so λ is the global
+batch's and the same on every process. Nothing in a step reads a
 value on the host. The two gradients come from two forward+backward passes, one per side (default), or,
 with ``single_forward=True``, from ONE forward of the concatenated batch [forget; retain] and two backward
 passes through it (both losses from :func:`fastunlearn.ops.dual_noise_loss`). The UNet has no cross-row
@@ -132,11 +135,11 @@ class EraseDiff(GradientMethod):
             labels = torch.full_like(labels, a.null_label)
         if self.opts.target == "uniform":
             u = torch.rand(batch.images.shape, generator=batch.generator)
-            nb = a.noised_batch(batch.images, labels, batch.generator, noise=u)
+            nb = a.noised_batch(batch.images, labels, batch.generator, noise=u, rows=batch.rows)
             return nb, nb.noise
-        nb = a.noised_batch(batch.images, labels, batch.generator)
+        nb = a.noised_batch(batch.images, labels, batch.generator, rows=batch.rows)
         pick = torch.randint(0, len(self._pseudo_classes), (batch.images.shape[0],), generator=batch.generator)
-        c_prime = self._pseudo_classes[pick].to(a.device)
+        c_prime = self._pseudo_classes[batch.local(pick)].to(a.device)
         with torch.no_grad():
             target = a.predict(nb.x_t, nb.t, c_prime)
         return nb, target
@@ -148,21 +151,25 @@ class EraseDiff(GradientMethod):
             # Keep the null branch drawing the retained classes while the forget rows reshape it.
             drop = torch.rand(labels.shape, generator=batch.generator) < self.opts.retain_null_prob
             labels = torch.where(drop, torch.full_like(labels, a.null_label), labels)
-        return a.noised_batch(batch.images, labels, batch.generator)
+        return a.noised_batch(batch.images, labels, batch.generator, rows=batch.rows)
 
     def _gradients_two_pass(self, f, target_f: torch.Tensor, r) -> tuple[torch.Tensor, torch.Tensor]:
-        """∇L_f → ``g_forget`` and ∇L_r → the optimizer's buffer, one forward+backward per side."""
+        """∇L_f → ``g_forget`` and ∇L_r → the optimizer's buffer, one forward+backward per side, each
+        averaged over the processes (∇L_f's all-reduce runs during the retain side's passes)."""
         flat, a = self.flat, self.adapter
         self.g_forget.zero_()
         flat.bind(self.g_forget)
         pred_f = a.predict(f.x_t, f.t, f.labels)
         loss_f, _ = dual_noise_loss(pred_f, target_f.to(pred_f.dtype), pred_f.shape[0])
         loss_f.backward()
+        pending = self.reduce_gradients.start(self.g_forget)
         flat.buffer.zero_()
         flat.bind(flat.buffer)
         pred_r = a.predict(r.x_t, r.t, r.labels)
         _, loss_r = dual_noise_loss(pred_r, r.noise.to(pred_r.dtype), 0)
         loss_r.backward()
+        self.reduce_gradients(flat.buffer)
+        pending.wait()
         return loss_f, loss_r
 
     def _gradients_single_forward(self, f, target_f: torch.Tensor, r) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,9 +184,12 @@ class EraseDiff(GradientMethod):
         self.g_forget.zero_()
         flat.bind(self.g_forget)
         loss_f.backward(retain_graph=True)  # ∇L_f → g_forget
+        pending = self.reduce_gradients.start(self.g_forget)
         flat.buffer.zero_()
         flat.bind(flat.buffer)
         loss_r.backward()  # ∇L_r → the buffer the optimizer reads
+        self.reduce_gradients(flat.buffer)
+        pending.wait()
         return loss_f, loss_r
 
     def step(self, forget_batch: Batch, retain_batch: Batch) -> dict[str, torch.Tensor]:

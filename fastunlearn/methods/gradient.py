@@ -3,6 +3,12 @@
 an optional EMA of the weights, and the optimizer/EMA state for checkpoints — all on the device, with no
 host read in a step. EraseDiff and the baselines (``finetune``, ``gradient_ascent``, ``salun``,
 ``selective_amnesia``) build on :class:`GradientMethod`.
+
+Many processes: the methods own no distribution logic. Each flat buffer goes, right after its backward
+pass, through the engine's ``reduce_gradients`` hook (:class:`fastunlearn.engine.distributed.GradientReducer`,
+given in the :class:`MethodConfig`): the identity in one process; under ``torchrun`` DDP's all-reduce of the
+gradient, applied to the flat buffer as one bucket, so the buffer holds the global-batch mean gradient
+before anything reads it (the non-finite guard, clip, Adam, EraseDiff's λ).
 """
 from __future__ import annotations
 
@@ -21,6 +27,23 @@ def check_common(name: str, grad_clip: float, ema_decay: float) -> None:
         raise UserInputError(f"{name} grad_clip must be a number, got {grad_clip}")
     if not 0.0 <= ema_decay < 1.0:
         raise UserInputError(f"{name} ema_decay must be in [0, 1), got {ema_decay}")
+
+
+class _NoReduction:
+    """The gradient reduction of a one-process run: nothing to do (same face as the engine's reducer)."""
+
+    class _Done:
+        def wait(self) -> None:
+            return None
+
+    def start(self, buffer: torch.Tensor) -> "_NoReduction._Done":
+        return self._Done()
+
+    def __call__(self, buffer: torch.Tensor) -> torch.Tensor:
+        return buffer
+
+
+_NO_REDUCTION = _NoReduction()
 
 
 class GradientMethod:
@@ -47,12 +70,14 @@ class GradientMethod:
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, betas=betas, fused=True if self.fused else None)
         decay = getattr(self.opts, "ema_decay", 0.0)
         self.ema = [p.detach().clone() for p in self.params] if decay > 0 else None
+        self.reduce_gradients = config.reduce_gradients or _NO_REDUCTION
 
     def backward(self, loss: torch.Tensor) -> None:
-        """∇loss → the flat buffer the optimizer reads (zeroed first)."""
+        """∇loss → the flat buffer the optimizer reads (zeroed first), averaged over the processes."""
         self.flat.buffer.zero_()
         self.flat.bind(self.flat.buffer)
         loss.backward()
+        self.reduce_gradients(self.flat.buffer)
 
     def apply_update(self, finite: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Non-finite guard, clip, Adam, EMA on the gradient in the flat buffer; returns its metrics.
@@ -81,7 +106,7 @@ class GradientMethod:
         return {"grad_norm": grad_norm.detach(), "skipped": skipped}
 
     def retain_inputs(self, batch: Batch):
-        return self.adapter.noised_batch(batch.images, batch.labels, batch.generator)
+        return self.adapter.noised_batch(batch.images, batch.labels, batch.generator, rows=batch.rows)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -69,7 +69,7 @@ class GradientAscent(GradientMethod):
         labels = forget_batch.labels
         if self.unconditional and a.conditional:
             labels = torch.full_like(labels, a.null_label)
-        f = a.noised_batch(forget_batch.images, labels, forget_batch.generator)
+        f = a.noised_batch(forget_batch.images, labels, forget_batch.generator, rows=forget_batch.rows)
         if self.opts.variant == "neggrad":
             # The retain rows would not enter the loss: skip their forward.
             pred = a.predict(f.x_t, f.t, f.labels)

@@ -104,10 +104,11 @@ class SalUn(GradientMethod):
         flat.bind(flat.buffer)
         for batch in forget_batches:
             for _ in range(draws):
-                f = a.noised_batch(batch.images, batch.labels, batch.generator)
+                f = a.noised_batch(batch.images, batch.labels, batch.generator, rows=batch.rows)
                 pred = a.predict(f.x_t, f.t, f.labels)
                 loss_f, _ = dual_noise_loss(pred, f.noise.to(pred.dtype), pred.shape[0])
                 loss_f.backward()  # accumulates into the flat buffer
+        self.reduce_gradients(flat.buffer)  # the saliency of the whole batch, the same mask on every process
         score = flat.buffer.abs()
         k = max(1, int(round(self.opts.sparsity * score.numel())))
         # kthvalue of the k-th smallest magnitude: at sparsity 0.5 this is the median of the paper's rule.
@@ -122,7 +123,7 @@ class SalUn(GradientMethod):
         if self.drop is None:
             self.compute_mask([forget_batch])
         a = self.adapter
-        f = a.noised_batch(forget_batch.images, forget_batch.labels, forget_batch.generator)
+        f = a.noised_batch(forget_batch.images, forget_batch.labels, forget_batch.generator, rows=forget_batch.rows)
         r = self.retain_inputs(retain_batch)
         with torch.no_grad():
             target_f = a.predict(f.x_t, f.t, self.relabel[f.labels])  # sg(ε_θ(x_t | c′))

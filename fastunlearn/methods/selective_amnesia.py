@@ -142,10 +142,11 @@ class SelectiveAmnesia(GradientMethod):
         a, opts, gen = self.adapter, self.opts, forget_batch.generator
         # Surrogate: uniform noise in [-1, 1] under the forget labels.
         surrogate = torch.rand(forget_batch.images.shape, generator=gen) * 2.0 - 1.0
-        f = a.noised_batch(surrogate, forget_batch.labels, gen)
+        f = a.noised_batch(surrogate, forget_batch.labels, gen, rows=forget_batch.rows)
         if opts.replay == "generated":
             idx = torch.randint(0, self.replay_labels.numel(), (retain_batch.images.shape[0],), generator=gen)
-            r = a.noised_batch(self.replay_images[idx], self.replay_labels[idx], retain_batch.generator)
+            r = a.noised_batch(self.replay_images[idx], self.replay_labels[idx], retain_batch.generator,
+                               rows=retain_batch.rows)
         else:
             r = self.retain_inputs(retain_batch)
         n_f = f.x_t.shape[0]

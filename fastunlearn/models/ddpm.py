@@ -142,16 +142,22 @@ class DDPMAdapter:
         labels: torch.Tensor | None,
         generator: torch.Generator,
         noise: torch.Tensor | None = None,
+        rows: slice | None = None,
     ) -> NoisedBatch:
         """Forward-diffuse clean samples: t ~ U{0..T−1}, ε ~ N(0, I) (or the given ``noise``).
 
         Draws happen on the CPU from ``generator`` and are then moved to the model's device, so the batch
-        is the same on every device for the same generator state.
+        is the same on every device for the same generator state. ``rows``: draw for every row of ``x0``
+        but keep only these (a process's share of a global batch, :attr:`fastunlearn.methods.base.Batch.rows`).
         """
         n = x0.shape[0]
         t = torch.randint(0, self.num_train_timesteps, (n,), generator=generator)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
+        if rows is not None and rows != slice(None):
+            x0, t, noise = x0[rows], t[rows], noise[rows]
+            labels = labels[rows] if labels is not None else None
+            n = x0.shape[0]
         device = self.device
         t, noise, x0 = t.to(device), noise.to(device), x0.to(device=device, dtype=torch.float32)
         shape = (n,) + (1,) * (x0.dim() - 1)

@@ -1,0 +1,221 @@
+"""Many processes, one result: data-parallel training under ``torchrun`` (or ``accelerate launch``).
+
+Launch the ordinary command under PyTorch's launcher; nothing else changes::
+
+    torchrun --nproc-per-node 4 -m fastunlearn run --forget class:0 --batch-size 128
+    accelerate launch -m fastunlearn run ...          # sets the same WORLD_SIZE / RANK / LOCAL_RANK
+
+:meth:`Distributed.from_env` reads ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; :meth:`Distributed.start`
+puts each process on ``cuda:LOCAL_RANK`` (when the run is on CUDA) and opens the process group — NCCL on
+CUDA, gloo on the CPU — and :meth:`Distributed.stop` closes it.
+
+What a step means does not depend on the number of processes W:
+
+- ``batch_size`` is the GLOBAL batch per side (forget and retain), as in one process. Every process draws
+  the whole global batch — its indices, and every timestep, noise tensor and pseudo-label the method draws
+  from the step's generator — exactly as one process does, and computes only its own contiguous slice of
+  rows, ``rows(batch_size)`` (the method receives it as :attr:`fastunlearn.methods.base.Batch.rows`).
+  So sample r of step s is the same sample with the same noise for any W; ``batch_size`` must divide by W.
+- Gradients: the method's losses are means over its B/W rows; the global-batch mean is the plain average of
+  the W local means (equal slices), and that is what :class:`GradientReducer` makes of each flat gradient
+  buffer: one ``all_reduce`` (sum, then ÷W) of the whole buffer — DDP's gradient all-reduce, done on the flat
+  buffer as one bucket instead of through ``torch.nn.parallel.DistributedDataParallel`` (which would fight the
+  two backward passes into two buffers an EraseDiff step makes). EraseDiff reduces both buffers before
+  :func:`fastunlearn.ops.bilevel_combine`, so ⟨g_r, g_f⟩, ‖g_f‖² and λ are those of the global batch and
+  identical on every process, as are the clip, Adam and EMA that follow: the weights stay equal everywhere.
+- Metrics are averaged over processes only where the loop reads them (every ``log_every`` steps).
+- Only process 0 writes: the partial output dir, checkpoints, logs, progress bar, evaluation, report and
+  manifest. The others wait at a barrier until the output is in place, then return the same result.
+
+The result equals one process's run up to floating-point summation order (the per-process means are summed
+in a different order than one process's); the 2-process test measures it (tests/engine/test_distributed.py).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Mapping
+
+import torch
+
+from fastunlearn.errors import UserInputError
+
+SHARDINGS = ("ddp", "fsdp")
+
+#: Process 0 evaluates alone (before and after training) while the others wait at a barrier: allow for a
+#: slow evaluation rather than the 10-minute NCCL default.
+TIMEOUT = timedelta(hours=2)
+
+
+class _Done:
+    def wait(self) -> None:
+        return None
+
+
+class _PendingAverage:
+    """An in-flight all-reduce (sum) of a buffer; :meth:`wait` finishes it and divides by W."""
+
+    def __init__(self, work: Any, buffer: torch.Tensor, world_size: int):
+        self.work, self.buffer, self.world_size = work, buffer, world_size
+
+    def wait(self) -> None:
+        self.work.wait()
+        self.buffer.div_(self.world_size)
+
+
+class GradientReducer:
+    """Averages a flat gradient buffer over the processes, in place: ``reducer(buf)``, or
+    ``pending = reducer.start(buf)`` … ``pending.wait()`` to overlap the all-reduce with other work.
+
+    The identity in one process. Methods call it on each flat gradient buffer right after its backward pass
+    (see :class:`fastunlearn.methods.gradient.GradientMethod`); it is the only distributed step they see.
+    """
+
+    def __init__(self, world_size: int = 1, group: Any = None):
+        self.world_size, self.group = int(world_size), group
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def start(self, buffer: torch.Tensor):
+        if not self.active:
+            return _Done()
+        import torch.distributed as dist
+
+        # Sum then ÷W rather than ReduceOp.AVG, which gloo does not have.
+        work = dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+        return _PendingAverage(work, buffer, self.world_size)
+
+    def __call__(self, buffer: torch.Tensor) -> torch.Tensor:
+        self.start(buffer).wait()
+        return buffer
+
+
+#: The reducer of a one-process run.
+IDENTITY = GradientReducer(1)
+
+
+def _env_int(env: Mapping[str, str], key: str, default: int) -> int:
+    value = env.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserInputError(f"environment variable {key}={value!r} is not an integer (set by the launcher)") from None
+
+
+def is_main_process(env: Mapping[str, str] | None = None) -> bool:
+    """True unless this is a launched process other than rank 0 (for printing once per job)."""
+    return _env_int(os.environ if env is None else env, "RANK", 0) == 0
+
+
+@dataclass
+class Distributed:
+    """This process's place in the job and the collectives the engine uses (no-ops in one process)."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    sharding: str = "ddp"
+    device: torch.device | None = None  #: set by :meth:`start`
+    _owns_group: bool = field(default=False, repr=False)
+
+    @classmethod
+    def from_env(cls, sharding: str = "ddp", env: Mapping[str, str] | None = None) -> "Distributed":
+        """The job as ``torchrun`` / ``accelerate launch`` describe it (one process when the variables are unset)."""
+        env = os.environ if env is None else env
+        world = _env_int(env, "WORLD_SIZE", 1)
+        rank = _env_int(env, "RANK", 0)
+        local = _env_int(env, "LOCAL_RANK", rank)
+        if world < 1 or not 0 <= rank < world:
+            raise UserInputError(f"inconsistent launcher variables WORLD_SIZE={world} RANK={rank}")
+        if sharding not in SHARDINGS:
+            raise UserInputError(f"unknown sharding {sharding!r}; expected one of {', '.join(SHARDINGS)}")
+        return cls(world_size=world, rank=rank, local_rank=local, sharding=sharding)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ------------------------------------------------------------------ checks and batches
+    def check_batch_size(self, batch_size: int) -> None:
+        if batch_size % self.world_size:
+            raise UserInputError(
+                f"batch_size {batch_size} (the global batch per side) must divide by the {self.world_size} "
+                f"processes; use e.g. --batch-size {max(1, round(batch_size / self.world_size)) * self.world_size}")
+
+    def rows(self, batch_size: int) -> slice:
+        """This process's contiguous rows of a global batch of ``batch_size`` rows."""
+        per = batch_size // self.world_size
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+    # ------------------------------------------------------------------ lifetime
+    def start(self, device: torch.device) -> torch.device:
+        """Pick this process's device (``cuda:LOCAL_RANK`` on CUDA) and open the process group."""
+        if self.sharding == "fsdp":
+            raise UserInputError("sharding 'fsdp' is not available yet; use ddp (the default)")
+        if device.type == "cuda" and self.enabled:
+            if device.index is None:
+                device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        self.device = device
+        if self.enabled:
+            import torch.distributed as dist
+
+            if not dist.is_available():
+                raise UserInputError("this torch build has no torch.distributed; run one process")
+            if not dist.is_initialized():  # a caller's own process group is used as it is
+                backend = "nccl" if device.type == "cuda" else "gloo"
+                dist.init_process_group(backend=backend, timeout=TIMEOUT)
+                self._owns_group = True
+            if dist.get_world_size() != self.world_size or dist.get_rank() != self.rank:
+                raise UserInputError(
+                    f"the process group has {dist.get_world_size()} processes (this is {dist.get_rank()}) but "
+                    f"WORLD_SIZE={self.world_size} RANK={self.rank}")
+        return device
+
+    def stop(self) -> None:
+        """Close the process group if :meth:`start` opened it."""
+        if self._owns_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self._owns_group = False
+
+    # ------------------------------------------------------------------ collectives
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            if self.device is not None and self.device.type == "cuda":
+                dist.barrier(device_ids=[self.device.index])
+            else:
+                dist.barrier()
+
+    def average_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of ``tensor`` over the processes, in place (the loop's metric reads)."""
+        return GradientReducer(self.world_size)(tensor)
+
+    def gradient_reducer(self) -> GradientReducer:
+        return GradientReducer(self.world_size)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Process 0's ``obj`` on every process."""
+        if not self.enabled:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+__all__ = ["Distributed", "GradientReducer", "IDENTITY", "SHARDINGS", "TIMEOUT", "is_main_process"]
