@@ -335,8 +335,8 @@ def _loop_settings(cfg: UnlearnConfig, adapter: Any):
     return LoopSettings(
         steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, precision=adapter.fast_path.precision,
         max_skipped_steps=cfg.max_skipped_steps,
-        checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=cfg.progress,
-        resume=cfg.resume, fingerprint=cfg.fingerprint(),
+        checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every,
+        progress=cfg.progress, resume=cfg.resume, fingerprint=cfg.fingerprint(),
     )
 
 

@@ -28,7 +28,7 @@ _RUN_FLAGS = {
     "device": "device", "precision": "precision", "eval_per_class": "eval_per_class", "eval_steps": "eval_steps",
     "scope": "scope", "threads": "threads", "attention": "attention", "max_skipped_steps": "max_skipped_steps",
     "compile": "compile", "channels_last": "channels_last", "fused_optimizer": "fused_optimizer",
-    "sharding": "sharding",
+    "sharding": "sharding", "keep_checkpoints": "keep_checkpoints",
 }
 #: Shortcuts for the most used EraseDiff options (equal to --option KEY=VALUE).
 _OPTION_FLAGS = ("target", "lambda_rule", "eta")
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--out", help="output directory (default ./fastunlearn-out)")
     p_run.add_argument("--config", help="YAML file of settings (flags given here override it)")
     p_run.add_argument("--checkpoint-every", type=int, metavar="N", help="write a checkpoint every N steps")
+    p_run.add_argument("--keep-checkpoints", type=int, metavar="N", help="keep the newest N checkpoints (default 2)")
     p_run.add_argument("--resume", action="store_true", help="continue the run of --out from its latest checkpoint")
     p_run.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
     p_run.add_argument("--unconditional", action="store_true",

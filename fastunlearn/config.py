@@ -45,6 +45,7 @@ class UnlearnConfig:
     eval_steps: int = 10
     eval_seed: int = 1234  #: the evaluation's noise seed (the same noise before and after)
     checkpoint_every: int = 0  #: steps between checkpoints (0: only with resume in mind, none)
+    keep_checkpoints: int = 2  #: the newest checkpoints kept (older ones are deleted once a newer one is written)
     resume: bool = False  #: continue the run of ``out_dir`` from its latest checkpoint
     log_every: int = 10  #: steps between metric reads (progress bar, metrics.jsonl)
     device: str = "auto"
@@ -155,7 +156,8 @@ class UnlearnConfig:
         from fastunlearn.methods import base as methods
 
         methods.get(self.method)  # unknown method → error listing the known ones
-        for key in ("steps", "batch_size", "eval_per_class", "eval_unconditional", "eval_steps", "log_every"):
+        for key in ("steps", "batch_size", "eval_per_class", "eval_unconditional", "eval_steps", "log_every",
+                    "keep_checkpoints"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise UserInputError(f"{key} must be a positive integer, got {value!r}")

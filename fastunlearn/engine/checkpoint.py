@@ -68,6 +68,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def remove_partial_writes(directory: Path) -> None:
+    """Delete the temporary files of writes that never finished (a process killed mid-save)."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for tmp in directory.glob(".step-*.pt.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Write ``state`` as ``step-NNNNNNN.pt`` atomically, then drop all but the newest ``keep`` checkpoints."""
     directory = Path(directory)
@@ -116,5 +124,5 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 __all__ = [
     "checkpoint_path", "list_checkpoints", "latest_checkpoint", "save_checkpoint", "load_checkpoint",
-    "rng_state", "set_rng_state",
+    "rng_state", "set_rng_state", "remove_partial_writes",
 ]

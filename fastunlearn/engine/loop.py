@@ -1,9 +1,12 @@
 """The training loop: device, precision, compile, deterministic batches, progress, logs, checkpoints, resume.
 
 Determinism: step s draws its forget and retain batch indices — and the method draws its timesteps, noise
-and pseudo-labels — from one CPU generator seeded by :func:`step_seed` (seed, s). Nothing carries over from
-step to step except the model and the method's state, both of which are checkpointed, so a run resumed from
-the checkpoint of step k is bitwise the uninterrupted run on the same device and thread count.
+and pseudo-labels — from one CPU generator seeded by :func:`step_seed` (seed, s), so the step number is the
+whole sampler position. Nothing else carries over from step to step but the model, the method's state
+(optimizer moments and step counts, EMA, SalUn's mask) and the loop's own (metric sums since the last log
+line, the non-finite guard's counters); a checkpoint holds them all with every global RNG state (Python,
+NumPy, torch CPU and CUDA), so a run resumed from the checkpoint of step k — after a crash or a SIGKILL at
+any point — is bitwise the uninterrupted run, log included, on the same device and thread count.
 
 Host syncs: the method returns device tensors; the loop adds them to device-side sums and reads them only
 every ``log_every`` steps (progress bar and JSONL line), so a CUDA step never waits on the host.
@@ -145,11 +148,21 @@ def check_finite_weights(adapter: Any) -> None:
                                  "Lower --lr or use --precision fp32.")
 
 
+def _log_step(line: str) -> int | None:
+    """The step of a JSONL log line; None for a line cut short by a kill mid-write."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
 def _trim_jsonl(path: Path, last_step: int) -> None:
-    """Drop log lines past the resumed step, so the resumed log reads like an uninterrupted one."""
+    """Drop log lines past the resumed step (and a last line cut short by a kill), so the resumed log
+    reads like an uninterrupted one."""
     if not path.is_file():
         return
-    kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
+    kept = [ln for ln in path.read_text().splitlines() if ln.strip() and (_log_step(ln) or 0) <= last_step
+            and _log_step(ln) is not None]
     path.write_text("".join(ln + "\n" for ln in kept))
 
 
@@ -181,7 +194,10 @@ def train(
     ckpt_dir = work_dir / "checkpoints"
     log_path = work_dir / "metrics.jsonl"
     start_step = 0
+    loop_state: dict[str, Any] = {}
     if settings.resume:
+        if main:
+            ckpt.remove_partial_writes(ckpt_dir)  # a kill mid-write leaves its temporary file
         latest = ckpt.latest_checkpoint(ckpt_dir)
         if latest is None:
             raise UserInputError(f"nothing to resume: no checkpoint in {ckpt_dir}")
@@ -194,6 +210,7 @@ def train(
         method.load_state_dict(state["method"])
         ckpt.set_rng_state(state["rng"])
         start_step = int(state["step"])
+        loop_state = state.get("loop") or {}
         if main:
             _trim_jsonl(log_path, start_step)
     else:
@@ -209,6 +226,10 @@ def train(
     # last read (reading them every step would be a host sync).
     zero = torch.zeros((), device=device)
     run_len, longest, skipped_total = zero.clone(), zero.clone(), zero.clone()
+    if loop_state:  # the metrics summed since the last log line and the guard, as the checkpoint left them
+        sums = {k: v.to(device) for k, v in loop_state["sums"].items()}
+        count = int(loop_state["count"])
+        run_len, longest, skipped_total = (loop_state[k].to(device) for k in ("run_len", "longest", "skipped_total"))
     skipped_seen = 0
     last: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -260,10 +281,16 @@ def train(
                     sums, count, t_log, step_log = {}, 0, now, step
                 if settings.checkpoint_every > 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
                     check_finite_weights(adapter)  # on every process: the weights are the same everywhere
+                    if dist.enabled and sums:  # the checkpoint holds the job's sums, not process 0's
+                        keys = list(sums)
+                        sums = dict(zip(keys, dist.average_(torch.stack([sums[k] for k in keys])).unbind()))
                     if main:
                         ckpt.save_checkpoint(ckpt_dir, step, {
                             "step": step, "model": adapter.state_dict(), "method": method.state_dict(),
                             "rng": ckpt.rng_state(), "fingerprint": settings.fingerprint,
+                            "loop": {"sums": {k: v.cpu() for k, v in sums.items()}, "count": count,
+                                     "run_len": run_len.cpu(), "longest": longest.cpu(),
+                                     "skipped_total": skipped_total.cpu()},
                         }, keep=settings.keep_checkpoints)
                 if on_step is not None:
                     on_step(step)
