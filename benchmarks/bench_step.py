@@ -39,7 +39,8 @@ total time ÷ the step's wall time.
 (one row per switch, ratio vs the default) and appends them to ``benchmarks/results/fastpath.csv``.
 
 ``--forgetting STEPS`` instead runs STEPS outer steps of the library's step and of the reference from the
-same digits model and prints forget/retain generation accuracy of both (see :func:`forgetting`).
+same digits model and prints forget/retain generation accuracy of both (see :func:`forgetting`), appending
+the rows to ``benchmarks/results/forgetting.csv``.
 
 Models: ``digits`` — the shipped ``zoo:digits-ddpm`` (≈1M params, 16×16); ``cifar10`` — a random-init
 ``UNet2DModel`` with ``google/ddpm-cifar10-32``'s configuration (35.7M params, 32×32, channels
@@ -502,6 +503,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = forgetting(args.forgetting, args.forgetting_batch, args.per_class, args.eval_steps,
                           args.forgetting_library_steps)
         print_table(rows, ["impl", "steps", "forget", "retain", "train_s"])
+        if args.csv:
+            env = environment(torch.device("cpu"))
+            tag = f"ref {args.forgetting} steps, library {args.forgetting_library_steps or args.forgetting} steps"
+            path = Path(args.csv).with_name("forgetting.csv")
+            append_csv(path, [{**env, "comparison": tag, "batch": args.forgetting_batch, **r} for r in rows])
+            print(f"appended {len(rows)} rows to {path}")
         return 0
     env = environment(device)
     print(f"{env['device']} | torch {env['torch']} | commit {env['commit']} | "

@@ -100,8 +100,25 @@ def step_table(name: str = "step") -> str:
     return "\n".join(lines).rstrip()
 
 
+def forgetting_table() -> str:
+    """bench_step.py --forgetting: accuracy after the same outer steps / the same wall time (newest commit)."""
+    path = RESULTS / "forgetting.csv"
+    if not path.exists():
+        return "_not yet measured_"
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    commit = max(rows, key=lambda r: r["date"])["commit"]
+    rows = [r for r in rows if r["commit"] == commit]
+    lines = [f"**{rows[0]['device']}** — torch {rows[0]['torch']}, commit {commit}, {rows[0]['date'][:10]}", "",
+             "| comparison | impl | outer steps | forget acc | retain acc | train s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['comparison']} | {r['impl']} | {r['steps']} | {float(r['forget']):.1%} | "
+                     f"{float(r['retain']):.1%} | {r['train_s']} |")
+    return "\n".join(lines)
+
+
 TABLES = {"ops": ops_table, "methods": methods_table, "step": step_table,
-          "fastpath": lambda: step_table("fastpath")}
+          "fastpath": lambda: step_table("fastpath"), "forgetting": forgetting_table}
 
 
 def main() -> int:
