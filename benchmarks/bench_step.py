@@ -201,13 +201,16 @@ def fast_path_of(name: str, device: torch.device) -> FastPath:
     return resolve_fast_path(UnlearnConfig(precision=precision), device)
 
 
-def library_step(adapter, retained, sides: Sides, fast: FastPath, single_forward: bool = False):
-    """(step(i), method) — the library's EraseDiff step on a deep copy of the model under ``fast``."""
+def library_step(adapter, retained, sides: Sides, fast: FastPath, single_forward: bool = False,
+                 options: dict | None = None):
+    """(step(i), method) — the library's EraseDiff step on a deep copy of the model under ``fast`` (``options``:
+    EraseDiff options; default the cosine rule at η 0.5, the rule the reference implements)."""
     a = copy.copy(adapter)
     a.unet = copy.deepcopy(adapter.unet)
     prepare_model(a, a.device, fast)
     m = methods.get("erasediff")()
-    opts = methods.parse_options("erasediff", {"lambda_rule": "cosine", "eta": ETA, "single_forward": single_forward})
+    options = {"lambda_rule": "cosine", "eta": ETA} if options is None else options
+    opts = methods.parse_options("erasediff", {**options, "single_forward": single_forward})
     m.setup(a, methods.MethodConfig(lr=LR, options=opts, forget_classes=(FORGET_CLASS,),
                                     retain_classes=tuple(retained), fused_optimizer=fast.fused_optimizer))
 
@@ -219,12 +222,13 @@ def library_step(adapter, retained, sides: Sides, fast: FastPath, single_forward
     return run, m
 
 
-def make_impls(adapter, retained, sides: Sides, names=("fastunlearn", "fastunlearn-single-forward", "reference")):
+def make_impls(adapter, retained, sides: Sides, names=("fastunlearn", "fastunlearn-single-forward", "reference"),
+               options: dict | None = None):
     """({name: step(i)}, {name: method object}) — each implementation on its own deep copy of the model."""
     impls, objs = {}, {}
     for name in [n for n in names if n.startswith("fastunlearn")]:
         impls[name], objs[name] = library_step(adapter, retained, sides, fast_path_of(name, adapter.device),
-                                               single_forward=name.endswith("single-forward"))
+                                               single_forward=name.endswith("single-forward"), options=options)
     if "reference" not in names:
         return impls, objs
     ref_unet = copy.deepcopy(adapter.unet)
@@ -374,7 +378,8 @@ def ablation_impls(adapter, retained, device, smoke: bool = False):
     return {name: (lambda sides, f=f: library_step(adapter, retained, sides, f)[0]) for name, f in variants.items()}
 
 
-def forgetting(steps: int, batch: int, per_class: int, eval_steps: int, library_steps: int | None = None) -> list[dict]:
+def forgetting(steps: int, batch: int, per_class: int, eval_steps: int, library_steps: int | None = None,
+               library_rule: str = "cosine") -> list[dict]:
     """Forget/retain generation accuracy on the digits default after the same outer steps of both steps.
 
     Same initial model (``zoo:digits-ddpm``), same forget/retain rows per step, lr 1e-4, cosine rule η 0.5,
@@ -382,6 +387,8 @@ def forgetting(steps: int, batch: int, per_class: int, eval_steps: int, library_
     classifier on seeded DDIM samples (``per_class`` per class, ``eval_steps`` DDIM steps), as
     ``bench_methods.py`` does. Forget = class 0; retain = mean over classes 1–9. ``library_steps`` (default
     ``steps``) runs the library's step that many times instead — e.g. as many as fit the reference's wall time.
+    ``library_rule="bome"`` runs the library with its own defaults (BOME rule, η 0.1) instead of the
+    reference's cosine rule.
     """
     from bench_methods import Evaluator
 
@@ -392,7 +399,8 @@ def forgetting(steps: int, batch: int, per_class: int, eval_steps: int, library_
     adapter, retained, images, labels = build("digits", device)
     evaluator = Evaluator(_judge(adapter), per_class, eval_steps)
     rows = [{"impl": "before", "steps": 0, **evaluator(adapter), "train_s": 0.0}]
-    impls, objs = make_impls(adapter, retained, Sides(images, labels, batch), names=("fastunlearn", "reference"))
+    impls, objs = make_impls(adapter, retained, Sides(images, labels, batch), names=("fastunlearn", "reference"),
+                             options=None if library_rule == "cosine" else {})
     spent = {n: 0.0 for n in impls}
     library_steps = steps if library_steps is None else library_steps
     for i in range(max(steps, library_steps)):
@@ -462,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--forgetting", type=int, default=0, metavar="STEPS",
                     help="instead of timing: forget/retain accuracy on digits after STEPS outer steps of each (prints only)")
     ap.add_argument("--forgetting-batch", type=int, default=32)
+    ap.add_argument("--forgetting-rule", default="cosine", choices=["cosine", "bome"],
+                    help="--forgetting: the library's λ rule (cosine η 0.5 as the reference, or its default bome)")
     ap.add_argument("--forgetting-library-steps", type=int, default=None,
                     help="--forgetting: outer steps of the library's step (default: the same STEPS as the reference)")
     ap.add_argument("--per-class", type=int, default=20, help="--forgetting: generations per class")
@@ -501,11 +511,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.forgetting:
         rows = forgetting(args.forgetting, args.forgetting_batch, args.per_class, args.eval_steps,
-                          args.forgetting_library_steps)
+                          args.forgetting_library_steps, args.forgetting_rule)
         print_table(rows, ["impl", "steps", "forget", "retain", "train_s"])
         if args.csv:
             env = environment(torch.device("cpu"))
-            tag = f"ref {args.forgetting} steps, library {args.forgetting_library_steps or args.forgetting} steps"
+            tag = (f"ref {args.forgetting} steps, library {args.forgetting_library_steps or args.forgetting} steps"
+                   + (", library rule bome" if args.forgetting_rule == "bome" else ""))
             path = Path(args.csv).with_name("forgetting.csv")
             append_csv(path, [{**env, "comparison": tag, "batch": args.forgetting_batch, **r} for r in rows])
             print(f"appended {len(rows)} rows to {path}")
