@@ -107,9 +107,14 @@ def forgetting_table() -> str:
         return "_not yet measured_"
     with open(path) as fh:
         rows = list(csv.DictReader(fh))
-    commit = max(rows, key=lambda r: r["date"])["commit"]
-    rows = [r for r in rows if r["commit"] == commit]
-    lines = [f"**{rows[0]['device']}** — torch {rows[0]['torch']}, commit {commit}, {rows[0]['date'][:10]}", "",
+    keep = []
+    for comparison in dict.fromkeys(r["comparison"] for r in rows):  # each comparison's newest run
+        group = [r for r in rows if r["comparison"] == comparison]
+        newest = max(group, key=lambda r: r["date"])
+        keep += [r for r in group if (r["commit"], r["date"][:13]) == (newest["commit"], newest["date"][:13])]
+    rows = keep
+    commits = ", ".join(sorted({r["commit"] for r in rows}))
+    lines = [f"**{rows[0]['device']}** — torch {rows[0]['torch']}, commit {commits}, {rows[0]['date'][:10]}", "",
              "| comparison | impl | outer steps | forget acc | retain acc | train s |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['comparison']} | {r['impl']} | {r['steps']} | {float(r['forget']):.1%} | "
