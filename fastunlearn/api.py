@@ -180,13 +180,19 @@ def _prepare(cfg: UnlearnConfig, dist: Any = None):
 
     forget = SampleSet(sets.forget_images, labels_for(sets.forget_labels, "forget"))
     retain = SampleSet(sets.retain_images, labels_for(sets.retain_labels, "retain"))
-    prepare_model(adapter, device, fast)
-    method = methods.get(cfg.method)()
+    method_cls = methods.get(cfg.method)
+    options = methods.parse_options(cfg.method, cfg.options)
+    if dist is not None and dist.sharded:
+        why = method_cls.fsdp_unsupported(options) if hasattr(method_cls, "fsdp_unsupported") else "it is not a gradient method"
+        if why:
+            raise UserInputError(f"method {cfg.method!r} cannot run with sharding 'fsdp': {why}; use --sharding ddp")
+    prepare_model(adapter, device, fast, shard=dist.shard if dist is not None else None)
+    method = method_cls()
     method.setup(adapter, methods.MethodConfig(
-        lr=float(cfg.lr), options=methods.parse_options(cfg.method, cfg.options),
+        lr=float(cfg.lr), options=options,
         forget_classes=tuple(sets.forget_classes), retain_classes=tuple(sets.retain_classes),
         unconditional=cfg.unconditional, scope=cfg.scope, fused_optimizer=fast.fused_optimizer,
-        reduce_gradients=dist.gradient_reducer() if dist is not None else None,
+        grad_sync=dist.gradient_sync() if dist is not None else None,
     ))
     adapter.fast_path = fast  # recorded in the manifest
     judge = _judge(adapter) if cfg.evaluate else None
@@ -281,8 +287,7 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step, dist: Any) -> Unle
     started = time.perf_counter()
     started_at = time.time()
     if not dist.is_main:
-        dist.barrier()  # process 0 has made the partial dir (and evaluated the model before)
-        return _run_other_process(cfg, out_dir, on_step, dist, adapter, method, forget, retain, work)
+        return _run_other_process(cfg, out_dir, on_step, dist, adapter, method, forget, retain, judge, work)
     if not cfg.resume:
         shutil.rmtree(work, ignore_errors=True)  # a stale partial run that was not resumed
     work.mkdir(parents=True, exist_ok=True)
@@ -293,12 +298,16 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step, dist: Any) -> Unle
     if judge is not None:
         cached = work / "eval_before.pt"  # resume must not pay for (or change) the base model's evaluation
         before = _load_eval_cache(cached) if cfg.resume else None
+        if dist.sharded:  # the others join in gathering the full weights to evaluate
+            dist.broadcast_object(before is None)
         if before is None:
-            before = evaluate(adapter, cfg, sets.forget_classes, judge, sets)
+            before = evaluate(dist.evaluation_copy(adapter, adapter.fast_path.attention), cfg,
+                              sets.forget_classes, judge, sets)
             torch.save(before, cached)
-    dist.barrier()
+    dist.barrier()  # the partial dir is made: the other processes may train
     loop = train(adapter, method, forget, retain, _loop_settings(cfg, adapter), work, on_step=on_step, dist=dist)
     method.finalize()
+    dist.unshard(adapter, adapter.fast_path.attention)
     adapter.unet.eval()
     after = evaluate(adapter, cfg, sets.forget_classes, judge, sets) if judge is not None else None
 
@@ -341,13 +350,17 @@ def _loop_settings(cfg: UnlearnConfig, adapter: Any):
 
 
 def _run_other_process(cfg: UnlearnConfig, out_dir: Path, on_step, dist: Any, adapter: Any, method: Any,
-                       forget: Any, retain: Any, work: Path) -> UnlearnResult:
+                       forget: Any, retain: Any, judge: Any, work: Path) -> UnlearnResult:
     """A process other than 0 of a ``torchrun`` job: train its rows, then wait for process 0 to write the
-    output; it returns process 0's metrics."""
+    output; it returns process 0's metrics. Its collectives mirror process 0's in :func:`_run_prepared`."""
     from fastunlearn.engine import train
 
+    if dist.sharded and judge is not None and dist.broadcast_object(None):
+        dist.evaluation_copy(adapter)  # joins in gathering the full weights process 0 evaluates
+    dist.barrier()  # process 0 has made the partial dir (and evaluated the model before)
     train(adapter, method, forget, retain, _loop_settings(cfg, adapter), work, on_step=on_step, dist=dist)
     method.finalize()
+    dist.unshard(adapter, adapter.fast_path.attention)
     adapter.unet.eval()
     dist.barrier()
     before, after, train_info, paths = dist.broadcast_object(None)

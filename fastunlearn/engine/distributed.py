@@ -17,7 +17,7 @@ What a step means does not depend on the number of processes W:
   rows, ``rows(batch_size)`` (the method receives it as :attr:`fastunlearn.methods.base.Batch.rows`).
   So sample r of step s is the same sample with the same noise for any W; ``batch_size`` must divide by W.
 - Gradients: the method's losses are means over its B/W rows; the global-batch mean is the plain average of
-  the W local means (equal slices), and that is what :class:`GradientReducer` makes of each flat gradient
+  the W local means (equal slices), and that is what :class:`GradientSync` makes of each flat gradient
   buffer: one ``all_reduce`` (sum, then ÷W) of the whole buffer — DDP's gradient all-reduce, done on the flat
   buffer as one bucket instead of through ``torch.nn.parallel.DistributedDataParallel`` (which would fight the
   two backward passes into two buffers an EraseDiff step makes). EraseDiff reduces both buffers before
@@ -64,23 +64,29 @@ class _PendingAverage:
         self.buffer.div_(self.world_size)
 
 
-class GradientReducer:
-    """Averages a flat gradient buffer over the processes, in place: ``reducer(buf)``, or
-    ``pending = reducer.start(buf)`` … ``pending.wait()`` to overlap the all-reduce with other work.
+class GradientSync:
+    """What a method does with its flat gradient buffers across processes — the one distributed face it sees.
 
-    The identity in one process. Methods call it on each flat gradient buffer right after its backward pass
-    (see :class:`fastunlearn.methods.gradient.GradientMethod`); it is the only distributed step they see.
+    - ``sync(buf)`` (or ``pending = sync.start(buf)`` … ``pending.wait()``, to overlap the all-reduce with
+      other work), right after the buffer's backward pass: makes it the global-batch mean gradient. DDP
+      (``sharded=False``): an all-reduce average of the whole buffer. FSDP (``sharded=True``): nothing —
+      FSDP2's backward already reduce-scattered the averaged gradient into this process's shard.
+    - ``sum_partials(t)``: sums over the shards of per-shard partial sums (FSDP: all-reduce; else identity)
+      — :func:`fastunlearn.ops.bilevel_combine`'s ``reduce_stats``.
+    - ``all_finite(buf)`` and ``norm(buf)``: of the whole gradient, from this process's buffer.
+
+    One process: every call is the identity (or the plain local value).
     """
 
-    def __init__(self, world_size: int = 1, group: Any = None):
-        self.world_size, self.group = int(world_size), group
+    def __init__(self, world_size: int = 1, sharded: bool = False, group: Any = None):
+        self.world_size, self.sharded, self.group = int(world_size), bool(sharded) and world_size > 1, group
 
     @property
-    def active(self) -> bool:
-        return self.world_size > 1
+    def averages(self) -> bool:
+        return self.world_size > 1 and not self.sharded
 
     def start(self, buffer: torch.Tensor):
-        if not self.active:
+        if not self.averages:
             return _Done()
         import torch.distributed as dist
 
@@ -92,9 +98,43 @@ class GradientReducer:
         self.start(buffer).wait()
         return buffer
 
+    def sum_partials(self, partials: torch.Tensor) -> torch.Tensor:
+        if self.sharded:
+            import torch.distributed as dist
 
-#: The reducer of a one-process run.
-IDENTITY = GradientReducer(1)
+            dist.all_reduce(partials, op=dist.ReduceOp.SUM, group=self.group)
+        return partials
+
+    def all_finite(self, buffer: torch.Tensor) -> torch.Tensor:
+        if not self.sharded:
+            return torch.isfinite(buffer).all()
+        bad = (~torch.isfinite(buffer)).sum().to(torch.float32).reshape(1)
+        return self.sum_partials(bad)[0] == 0
+
+    def norm(self, buffer: torch.Tensor) -> torch.Tensor:
+        if not self.sharded:
+            return buffer.norm()
+        return self.sum_partials(buffer.float().pow(2).sum().reshape(1))[0].sqrt().to(buffer.dtype)
+
+
+#: The gradient sync of a one-process run.
+IDENTITY = GradientSync(1)
+
+
+def _is_dtensor(t: Any) -> bool:
+    return type(t).__name__ == "DTensor" and hasattr(t, "full_tensor")
+
+
+def unshard_state(obj: Any) -> Any:
+    """A checkpoint state with each ``{"sharded": full}`` (see :meth:`Distributed.gather_state`) replaced by
+    the full tensor: how a run that is not sharded reads a sharded run's checkpoint."""
+    if isinstance(obj, dict):
+        if set(obj) == {"sharded"} and isinstance(obj["sharded"], torch.Tensor):
+            return obj["sharded"]
+        return {k: unshard_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(unshard_state(v) for v in obj)
+    return obj
 
 
 def _env_int(env: Mapping[str, str], key: str, default: int) -> int:
@@ -122,6 +162,7 @@ class Distributed:
     sharding: str = "ddp"
     device: torch.device | None = None  #: set by :meth:`start`
     _owns_group: bool = field(default=False, repr=False)
+    _plain_class: Any = field(default=None, repr=False)  #: the UNet's class before FSDP2 wrapped it
 
     @classmethod
     def from_env(cls, sharding: str = "ddp", env: Mapping[str, str] | None = None) -> "Distributed":
@@ -144,6 +185,11 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP across more than one process (one process holds the whole model whatever ``sharding`` says)."""
+        return self.enabled and self.sharding == "fsdp"
+
     # ------------------------------------------------------------------ checks and batches
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size % self.world_size:
@@ -159,8 +205,6 @@ class Distributed:
     # ------------------------------------------------------------------ lifetime
     def start(self, device: torch.device) -> torch.device:
         """Pick this process's device (``cuda:LOCAL_RANK`` on CUDA) and open the process group."""
-        if self.sharding == "fsdp":
-            raise UserInputError("sharding 'fsdp' is not available yet; use ddp (the default)")
         if device.type == "cuda" and self.enabled:
             if device.index is None:
                 device = torch.device("cuda", self.local_rank)
@@ -202,10 +246,96 @@ class Distributed:
 
     def average_(self, tensor: torch.Tensor) -> torch.Tensor:
         """The mean of ``tensor`` over the processes, in place (the loop's metric reads)."""
-        return GradientReducer(self.world_size)(tensor)
+        return GradientSync(self.world_size)(tensor)
 
-    def gradient_reducer(self) -> GradientReducer:
-        return GradientReducer(self.world_size)
+    def gradient_sync(self) -> GradientSync:
+        """The methods' gradient sync for this job (:class:`GradientSync`)."""
+        return GradientSync(self.world_size, sharded=self.sharded)
+
+    # ------------------------------------------------------------------ FSDP2
+    def shard(self, unet: torch.nn.Module) -> None:
+        """``--sharding fsdp``: FSDP2 (``fully_shard``) each block of the UNet, then the UNet itself, in place.
+
+        Every parameter becomes a ``DTensor`` sharded on dim 0 over the processes; the forward all-gathers a
+        block's parameters just before the block runs and frees them after, the backward reduce-scatters
+        the block's averaged gradient into each process's shard. Call before the method builds its flat
+        gradient buffers and optimizer (they are laid out over the local shards) and before torch.compile.
+        """
+        if not self.sharded:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        self._plain_class = type(unet)
+        for name in ("down_blocks", "mid_block", "up_blocks"):
+            child = getattr(unet, name, None)
+            blocks = list(child) if isinstance(child, torch.nn.ModuleList) else [child] if child is not None else []
+            for block in blocks:
+                if next(block.parameters(), None) is not None:
+                    fully_shard(block)
+        fully_shard(unet)
+
+    def gather_state(self, obj: Any) -> Any:
+        """``obj`` with every sharded tensor replaced by ``{"sharded": full tensor on the CPU}``, for a
+        checkpoint that holds plain tensors only (a collective: every process calls it, in the same order)."""
+        if isinstance(obj, dict):
+            return {k: self.gather_state(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self.gather_state(v) for v in obj)
+        if _is_dtensor(obj):
+            return {"sharded": obj.full_tensor().detach().cpu()}
+        return obj
+
+    def shard_state(self, obj: Any, module: Any) -> Any:
+        """The inverse of :meth:`gather_state` for this job: each ``{"sharded": full}`` becomes this process's
+        dim-0 shard of it as a ``DTensor`` on ``module``'s device mesh (no communication: every process read
+        the full tensor)."""
+        mesh = next(p.device_mesh for p in module.parameters() if _is_dtensor(p))
+        return self._shard_state(obj, mesh)
+
+    def _shard_state(self, obj: Any, mesh: Any) -> Any:
+        if isinstance(obj, dict):
+            if set(obj) == {"sharded"} and isinstance(obj["sharded"], torch.Tensor):
+                from torch.distributed.tensor import Shard, distribute_tensor
+
+                return distribute_tensor(obj["sharded"].to(self.device), mesh, [Shard(0)], src_data_rank=None)
+            return {k: self._shard_state(v, mesh) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self._shard_state(v, mesh) for v in obj)
+        return obj
+
+    def _plain_unet(self, unet: torch.nn.Module, attention: str) -> torch.nn.Module:
+        """A plain (unsharded) UNet holding a sharded one's full weights (a collective: every process calls)."""
+        from fastunlearn.engine.fastpath import set_attention
+
+        sharded = getattr(unet, "_orig_mod", unet)
+        full = {k: (v.full_tensor() if _is_dtensor(v) else v).detach() for k, v in sharded.state_dict().items()}
+        plain = self._plain_class.from_config(sharded.config)
+        plain.load_state_dict(full)
+        plain.to(device=self.device)
+        set_attention(plain, attention)
+        plain.train(sharded.training)
+        return plain
+
+    def unshard(self, adapter: Any, attention: str = "sdpa") -> None:
+        """After FSDP training: every process gathers the full weights into a plain (unsharded) copy of the
+        UNet, which replaces the sharded one — for evaluation and saving, which then run as in DDP."""
+        if self.sharded:
+            adapter.unet = self._plain_unet(adapter.unet, attention)
+
+    def evaluation_copy(self, adapter: Any, attention: str = "sdpa") -> Any:
+        """The adapter process 0 evaluates alone: itself, or under FSDP a copy over a plain UNet with the
+        full weights (a collective: every process calls; the others get None). A sharded model cannot be
+        evaluated alone, and its all-gather buffers must not be made under the samplers' inference mode."""
+        if not self.sharded:
+            return adapter
+        import copy
+
+        plain = self._plain_unet(adapter.unet, attention)
+        if not self.is_main:
+            return None
+        evaluated = copy.copy(adapter)
+        evaluated.unet = plain
+        return evaluated
 
     def broadcast_object(self, obj: Any) -> Any:
         """Process 0's ``obj`` on every process."""
@@ -218,4 +348,4 @@ class Distributed:
         return box[0]
 
 
-__all__ = ["Distributed", "GradientReducer", "IDENTITY", "SHARDINGS", "TIMEOUT", "is_main_process"]
+__all__ = ["Distributed", "GradientSync", "IDENTITY", "unshard_state", "SHARDINGS", "TIMEOUT", "is_main_process"]

@@ -169,11 +169,12 @@ def set_attention(unet: torch.nn.Module, backend: str) -> None:
             layer.set_processor(AttnProcessor2_0() if backend == "sdpa" else AttnProcessor())
 
 
-def prepare_model(adapter: Any, device: torch.device, fast: FastPath | None = None) -> Any:
+def prepare_model(adapter: Any, device: torch.device, fast: FastPath | None = None, shard: Any = None) -> Any:
     """Move the model to ``device`` as fp32 master weights and apply the model-side switches.
 
     (``precision`` is applied by the loop as autocast around each step and ``fused_optimizer`` by the method
-    when it builds its optimizer.)
+    when it builds its optimizer.) ``shard``: called with the UNet before ``torch.compile`` (FSDP2, see
+    :meth:`fastunlearn.engine.distributed.Distributed.shard`).
     """
     fast = fast or FastPath()
     unet = adapter.unet
@@ -189,6 +190,8 @@ def prepare_model(adapter: Any, device: torch.device, fast: FastPath | None = No
         if not getattr(unet, "_supports_gradient_checkpointing", False):
             raise UserInputError(f"{type(unet).__name__} does not support gradient checkpointing")
         unet.enable_gradient_checkpointing()
+    if shard is not None:
+        shard(unet)
     if fast.compile:
         mode = "reduce-overhead" if fast.cuda_graphs else None
         adapter.unet = torch.compile(unet, mode=mode)

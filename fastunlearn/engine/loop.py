@@ -14,7 +14,8 @@ every ``log_every`` steps (progress bar and JSONL line), so a CUDA step never wa
 Many processes (:mod:`fastunlearn.engine.distributed`): every process draws the same global batch from the
 step's generator and computes its ``rows`` of it; metrics are averaged over processes at the log reads; only
 process 0 writes the log, the checkpoints and the progress bar. Every process resumes from the same
-checkpoint (the output must be on a filesystem they all see).
+checkpoint (the output must be on a filesystem they all see). Under FSDP a checkpoint holds full tensors
+(gathered from the shards), so a sharded run resumes on any number of processes, sharded or not.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastunlearn.engine import checkpoint as ckpt
-from fastunlearn.engine.distributed import Distributed
+from fastunlearn.engine.distributed import Distributed, unshard_state
 from fastunlearn.errors import NumericalError, OutOfMemoryError, UserInputError
 from fastunlearn.methods.base import Batch
 
@@ -202,6 +203,13 @@ def train(
         if latest is None:
             raise UserInputError(f"nothing to resume: no checkpoint in {ckpt_dir}")
         state = ckpt.load_checkpoint(latest)
+        if dist.sharded:  # this process's shard of every full tensor the checkpoint holds
+            if state.get("sharding") != "fsdp":
+                raise UserInputError(f"cannot resume {latest} with sharding 'fsdp': it was written by a run without "
+                                     "it; resume with --sharding ddp")
+            state = dist.shard_state(state, adapter.unet)
+        else:
+            state = unshard_state(state)  # a sharded run's checkpoint resumes whole, on any number of processes
         if state.get("fingerprint") != settings.fingerprint:
             diff = sorted(k for k in set(state.get("fingerprint", {})) | set(settings.fingerprint)
                           if state.get("fingerprint", {}).get(k) != settings.fingerprint.get(k))
@@ -284,9 +292,13 @@ def train(
                     if dist.enabled and sums:  # the checkpoint holds the job's sums, not process 0's
                         keys = list(sums)
                         sums = dict(zip(keys, dist.average_(torch.stack([sums[k] for k in keys])).unbind()))
+                    model_state, method_state = adapter.state_dict(), method.state_dict()
+                    if dist.sharded:  # full tensors, gathered by every process, so any world size resumes
+                        model_state, method_state = dist.gather_state((model_state, method_state))
                     if main:
                         ckpt.save_checkpoint(ckpt_dir, step, {
-                            "step": step, "model": adapter.state_dict(), "method": method.state_dict(),
+                            "step": step, "model": model_state, "method": method_state,
+                            "sharding": "fsdp" if dist.sharded else "none",
                             "rng": ckpt.rng_state(), "fingerprint": settings.fingerprint,
                             "loop": {"sums": {k: v.cpu() for k, v in sums.items()}, "count": count,
                                      "run_len": run_len.cpu(), "longest": longest.cpu(),

@@ -133,10 +133,12 @@ def fid_kid(
         raise ValueError(f"FID/KID need at least 2 real and 2 generated images, got {n_real} and {n_fake}")
     feats = _features_module(judge, inception_weights, real_images)
     subset = min(1000, n_real, n_fake) if kid_subset_size is None else int(kid_subset_size)
-    fid = FrechetInceptionDistance(feature=feats, reset_real_features=True)
+    # sync_on_compute=False: the images are this process's whole set. Under torchrun process 0 evaluates alone,
+    # and torchmetrics would otherwise gather from every process (and wait forever for the others).
+    fid = FrechetInceptionDistance(feature=feats, reset_real_features=True, sync_on_compute=False)
     with warnings.catch_warnings():  # "KID keeps all features in memory": a few thousand 128-d rows here
         warnings.simplefilter("ignore", UserWarning)
-        kid = KernelInceptionDistance(feature=feats, subsets=kid_subsets, subset_size=subset)
+        kid = KernelInceptionDistance(feature=feats, subsets=kid_subsets, subset_size=subset, sync_on_compute=False)
     for images, real in ((real_images, True), (fake_images, False)):
         for start in range(0, images.shape[0], batch_size):
             chunk = images[start : start + batch_size].detach().float().cpu()

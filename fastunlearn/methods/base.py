@@ -57,9 +57,9 @@ class MethodConfig:
     #: use torch's fused Adam (resolved per device by the engine's fast path); it also lets a non-finite
     #: step be skipped on the device (``found_inf``)
     fused_optimizer: bool = False
-    #: the engine's gradient reduction (:class:`fastunlearn.engine.distributed.GradientReducer`): averages a
-    #: flat gradient buffer over the processes of a multi-process run, in place; None: one process
-    reduce_gradients: Any = None
+    #: the engine's gradient sync (:class:`fastunlearn.engine.distributed.GradientSync`): makes a flat
+    #: gradient buffer the global-batch gradient in a multi-process run; None: one process
+    grad_sync: Any = None
 
 
 @runtime_checkable

@@ -17,9 +17,10 @@ min_φ L_f(φ) is a constant and ∇q = ∇L_f; the update is θ ← Adam(∇L_r
 
 One step = ∇L_f and ∇L_r into two flat gradient buffers → the fused :func:`fastunlearn.ops.bilevel_combine`
 in place → grad-clip → Adam reading ``param.grad`` views of the combined buffer. Under ``torchrun`` each
-buffer is averaged over the processes by the engine's ``reduce_gradients`` (DDP's all-reduce, one bucket per
+buffer is averaged over the processes by the engine's ``grad_sync`` (DDP's all-reduce, one bucket per
 buffer; ∇L_f's overlaps the retain side's forward and backward) BEFORE the combine, so λ is the global
-batch's and the same on every process. Nothing in a step reads a
+batch's and the same on every process; under FSDP each process combines its shard, with the combine's
+partial sums (⟨g_r,g_f⟩, ‖g_f‖², …) added over the shards before λ is formed. Nothing in a step reads a
 value on the host. The two gradients come from two forward+backward passes, one per side (default), or,
 with ``single_forward=True``, from ONE forward of the concatenated batch [forget; retain] and two backward
 passes through it (both losses from :func:`fastunlearn.ops.dual_noise_loss`). The UNet has no cross-row
@@ -106,6 +107,12 @@ class EraseDiff(GradientMethod):
             out["options"] = {"eta": 0.5}
         return out
 
+    @staticmethod
+    def fsdp_unsupported(options: EraseDiffOptions) -> str | None:
+        if options.inner_steps > 0:
+            return "inner_steps > 0 copies the whole model for its scratch steps (use inner_steps=0)"
+        return None
+
     def setup(self, adapter: Any, config: MethodConfig) -> None:
         opts: EraseDiffOptions = config.options
         self.adapter, self.opts, self.unconditional = adapter, opts, config.unconditional
@@ -162,13 +169,13 @@ class EraseDiff(GradientMethod):
         pred_f = a.predict(f.x_t, f.t, f.labels)
         loss_f, _ = dual_noise_loss(pred_f, target_f.to(pred_f.dtype), pred_f.shape[0])
         loss_f.backward()
-        pending = self.reduce_gradients.start(self.g_forget)
+        pending = self.grad_sync.start(self.g_forget)
         flat.buffer.zero_()
         flat.bind(flat.buffer)
         pred_r = a.predict(r.x_t, r.t, r.labels)
         _, loss_r = dual_noise_loss(pred_r, r.noise.to(pred_r.dtype), 0)
         loss_r.backward()
-        self.reduce_gradients(flat.buffer)
+        self.grad_sync(flat.buffer)
         pending.wait()
         return loss_f, loss_r
 
@@ -184,11 +191,11 @@ class EraseDiff(GradientMethod):
         self.g_forget.zero_()
         flat.bind(self.g_forget)
         loss_f.backward(retain_graph=True)  # ∇L_f → g_forget
-        pending = self.reduce_gradients.start(self.g_forget)
+        pending = self.grad_sync.start(self.g_forget)
         flat.buffer.zero_()
         flat.bind(flat.buffer)
         loss_r.backward()  # ∇L_r → the buffer the optimizer reads
-        self.reduce_gradients(flat.buffer)
+        self.grad_sync(flat.buffer)
         pending.wait()
         return loss_f, loss_r
 
@@ -198,7 +205,8 @@ class EraseDiff(GradientMethod):
         gradients = self._gradients_single_forward if self.opts.single_forward else self._gradients_two_pass
         loss_f, loss_r = gradients(f, target_f, r)
         flat = self.flat
-        _, lam, finite = bilevel_combine(flat.buffer, self.g_forget, self.opts.lambda_rule, self.opts.eta, out=flat.buffer)
+        _, lam, finite = bilevel_combine(flat.buffer, self.g_forget, self.opts.lambda_rule, self.opts.eta, out=flat.buffer,
+                                         reduce_stats=self.grad_sync.sum_partials)
         metrics = {"loss_forget": loss_f.detach(), "loss_retain": loss_r.detach(), "lambda": lam,
                    **self.apply_update(finite)}
         if self.opts.inner_steps > 0:

@@ -5,10 +5,11 @@ host read in a step. EraseDiff and the baselines (``finetune``, ``gradient_ascen
 ``selective_amnesia``) build on :class:`GradientMethod`.
 
 Many processes: the methods own no distribution logic. Each flat buffer goes, right after its backward
-pass, through the engine's ``reduce_gradients`` hook (:class:`fastunlearn.engine.distributed.GradientReducer`,
-given in the :class:`MethodConfig`): the identity in one process; under ``torchrun`` DDP's all-reduce of the
-gradient, applied to the flat buffer as one bucket, so the buffer holds the global-batch mean gradient
-before anything reads it (the non-finite guard, clip, Adam, EraseDiff's λ).
+pass, through the engine's ``grad_sync`` (:class:`fastunlearn.engine.distributed.GradientSync`, given in the
+:class:`MethodConfig`): the identity in one process; under ``torchrun`` DDP's all-reduce of the gradient,
+applied to the flat buffer as one bucket, so the buffer holds the global-batch mean gradient before anything
+reads it (the non-finite guard, clip, Adam, EraseDiff's λ). Under FSDP the buffer holds this process's
+shard of it, and the guard, the clip norm and λ come from partial sums the sync adds over the shards.
 """
 from __future__ import annotations
 
@@ -29,21 +30,30 @@ def check_common(name: str, grad_clip: float, ema_decay: float) -> None:
         raise UserInputError(f"{name} ema_decay must be in [0, 1), got {ema_decay}")
 
 
-class _NoReduction:
-    """The gradient reduction of a one-process run: nothing to do (same face as the engine's reducer)."""
+class _OneProcess:
+    """The gradient sync of a one-process run: nothing to do (the face of the engine's ``GradientSync``)."""
 
     class _Done:
         def wait(self) -> None:
             return None
 
-    def start(self, buffer: torch.Tensor) -> "_NoReduction._Done":
+    def start(self, buffer: torch.Tensor) -> "_OneProcess._Done":
         return self._Done()
 
     def __call__(self, buffer: torch.Tensor) -> torch.Tensor:
         return buffer
 
+    def sum_partials(self, partials: torch.Tensor) -> torch.Tensor:
+        return partials
 
-_NO_REDUCTION = _NoReduction()
+    def all_finite(self, buffer: torch.Tensor) -> torch.Tensor:
+        return torch.isfinite(buffer).all()
+
+    def norm(self, buffer: torch.Tensor) -> torch.Tensor:
+        return buffer.norm()
+
+
+_ONE_PROCESS = _OneProcess()
 
 
 class GradientMethod:
@@ -55,6 +65,15 @@ class GradientMethod:
 
     name: ClassVar[str]
     Options: ClassVar[type]
+
+    @staticmethod
+    def fsdp_unsupported(options: Any) -> str | None:
+        """Why the method cannot train a sharded (FSDP) model with these options; None when it can.
+
+        The shared plumbing can: the flat buffers, clip, Adam and EMA work on each process's shard. A method
+        whose update needs the whole gradient or the whole model in one place says so here.
+        """
+        return None
 
     def setup_params(self, adapter: Any, config: MethodConfig) -> None:
         self.adapter, self.opts, self.config = adapter, config.options, config
@@ -70,14 +89,14 @@ class GradientMethod:
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, betas=betas, fused=True if self.fused else None)
         decay = getattr(self.opts, "ema_decay", 0.0)
         self.ema = [p.detach().clone() for p in self.params] if decay > 0 else None
-        self.reduce_gradients = config.reduce_gradients or _NO_REDUCTION
+        self.grad_sync = config.grad_sync or _ONE_PROCESS
 
     def backward(self, loss: torch.Tensor) -> None:
         """∇loss → the flat buffer the optimizer reads (zeroed first), averaged over the processes."""
         self.flat.buffer.zero_()
         self.flat.bind(self.flat.buffer)
         loss.backward()
-        self.reduce_gradients(self.flat.buffer)
+        self.grad_sync(self.flat.buffer)
 
     def apply_update(self, finite: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Non-finite guard, clip, Adam, EMA on the gradient in the flat buffer; returns its metrics.
@@ -90,12 +109,12 @@ class GradientMethod:
         """
         buf = self.flat.buffer
         if finite is None:
-            finite = torch.isfinite(buf).all()
+            finite = self.grad_sync.all_finite(buf)
         skipped = (~finite).float()
         buf.masked_fill_(~finite, 0.0)
         if self.fused:
             self.optimizer.found_inf = skipped
-        grad_norm = buf.norm()
+        grad_norm = self.grad_sync.norm(buf)
         clip = self.opts.grad_clip
         if clip > 0:
             buf.mul_((clip / (grad_norm + 1e-6)).clamp(max=1.0))

@@ -91,6 +91,10 @@ class SalUn(GradientMethod):
         self.relabel = relabel_table(adapter.num_classes, config.forget_classes).to(adapter.device)
         self.drop: torch.Tensor | None = None  #: ~m as a flat bool on the params' device, once computed
 
+    @staticmethod
+    def fsdp_unsupported(options: Any) -> str | None:
+        return "its saliency mask is a quantile over the whole gradient, which no process holds under FSDP"
+
     # ------------------------------------------------------------------ the mask
     def compute_mask(self, forget_batches: Sequence[Batch], draws: int | None = None) -> torch.Tensor:
         """m = 1(|Σ ∇L_f(θ₀)| ≥ quantile_s) over the trainable weights, from ``draws`` noise draws of each batch.
@@ -108,7 +112,7 @@ class SalUn(GradientMethod):
                 pred = a.predict(f.x_t, f.t, f.labels)
                 loss_f, _ = dual_noise_loss(pred, f.noise.to(pred.dtype), pred.shape[0])
                 loss_f.backward()  # accumulates into the flat buffer
-        self.reduce_gradients(flat.buffer)  # the saliency of the whole batch, the same mask on every process
+        self.grad_sync(flat.buffer)  # the saliency of the whole batch, the same mask on every process
         score = flat.buffer.abs()
         k = max(1, int(round(self.opts.sparsity * score.numel())))
         # kthvalue of the k-th smallest magnitude: at sparsity 0.5 this is the median of the paper's rule.

@@ -128,6 +128,10 @@ class SelectiveAmnesia(GradientMethod):
         self.theta_star = torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
         self.setup_seconds = time.perf_counter() - started
 
+    @staticmethod
+    def fsdp_unsupported(options: Any) -> str | None:
+        return "its Fisher takes per-sample gradients of the whole model (torch.func), which FSDP does not hold"
+
     def _fisher(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Flat diagonal empirical Fisher at θ*: mean over samples of (∂ℓ_n/∂θ)², laid out like the flat buffer."""
         a = self.adapter

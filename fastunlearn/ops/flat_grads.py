@@ -11,6 +11,25 @@ from typing import Iterable
 import torch
 
 
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded tensor (the tensor itself otherwise)."""
+    return t._local_tensor if _is_dtensor(t) else t
+
+
+def _wrap_like(view: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``view`` as the gradient of ``param``: a DTensor with the parameter's layout when it is sharded."""
+    if not _is_dtensor(param):
+        return view
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(view, param.device_mesh, param.placements, run_check=False,
+                              shape=param.shape, stride=param.stride())
+
+
 class FlatGrads:
     """Owns flat gradient buffers for a fixed list of parameters and binds ``param.grad`` to one of them.
 
@@ -21,6 +40,10 @@ class FlatGrads:
 
     Autograd accumulates into an existing ``.grad`` in place, so views stay views across backward
     passes; :meth:`check_bound` verifies that no caller replaced them.
+
+    Sharded parameters (``DTensor``, as FSDP2's ``fully_shard`` makes them): the buffer lays out this
+    process's local shards, and each ``param.grad`` is a ``DTensor`` over a view of it — FSDP2 adds its
+    reduce-scattered gradient into an existing ``grad``'s local tensor, so it lands in the buffer.
     """
 
     def __init__(self, params: Iterable[torch.nn.Parameter]):
@@ -32,7 +55,7 @@ class FlatGrads:
         if len(dtypes) != 1 or len(devices) != 1:
             raise ValueError(f"FlatGrads: parameters must share one dtype and device, got {dtypes} on {devices}")
         self.dtype, self.device = dtypes.pop(), devices.pop()
-        self.numels = [p.numel() for p in self.params]
+        self.numels = [_local(p).numel() for p in self.params]
         self.numel = sum(self.numels)
         self.buffer = self.new_buffer()
         self.bind(self.buffer)
@@ -45,7 +68,7 @@ class FlatGrads:
         """Per-parameter views of ``buffer`` (no copies)."""
         if buffer.numel() != self.numel or buffer.dim() != 1:
             raise ValueError(f"FlatGrads: expected a 1-D buffer of {self.numel} elements, got {tuple(buffer.shape)}")
-        return [chunk.view_as(p) for chunk, p in zip(buffer.split(self.numels), self.params)]
+        return [_wrap_like(chunk.view(_local(p).shape), p) for chunk, p in zip(buffer.split(self.numels), self.params)]
 
     def bind(self, buffer: torch.Tensor) -> None:
         """Make every ``param.grad`` a view into ``buffer`` (so backward accumulates into it)."""
@@ -62,7 +85,7 @@ class FlatGrads:
         item = self._bound.element_size()
         offset = 0
         for p, n in zip(self.params, self.numels):
-            if p.grad is None or p.grad.data_ptr() != start + offset * item:
+            if p.grad is None or _local(p.grad).data_ptr() != start + offset * item:
                 return False
             offset += n
         return True
@@ -72,5 +95,5 @@ class FlatGrads:
         for p, v in zip(self.params, self.views(buffer)):
             if p.grad is None:
                 v.zero_()
-            elif p.grad.data_ptr() != v.data_ptr():
-                v.copy_(p.grad)
+            elif _local(p.grad).data_ptr() != _local(v).data_ptr():
+                _local(v).copy_(_local(p.grad))
