@@ -162,8 +162,8 @@ def _trim_jsonl(path: Path, last_step: int) -> None:
     reads like an uninterrupted one."""
     if not path.is_file():
         return
-    kept = [ln for ln in path.read_text().splitlines() if ln.strip() and (_log_step(ln) or 0) <= last_step
-            and _log_step(ln) is not None]
+    kept = [ln for ln in path.read_text().splitlines() if ln.strip() and (s := _log_step(ln)) is not None
+            and s <= last_step]
     path.write_text("".join(ln + "\n" for ln in kept))
 
 

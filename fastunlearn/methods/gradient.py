@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from fastunlearn.engine.distributed import IDENTITY
 from fastunlearn.errors import UserInputError
 from fastunlearn.methods.base import Batch, MethodConfig
 from fastunlearn.ops import FlatGrads
@@ -28,32 +29,6 @@ def check_common(name: str, grad_clip: float, ema_decay: float) -> None:
         raise UserInputError(f"{name} grad_clip must be a number, got {grad_clip}")
     if not 0.0 <= ema_decay < 1.0:
         raise UserInputError(f"{name} ema_decay must be in [0, 1), got {ema_decay}")
-
-
-class _OneProcess:
-    """The gradient sync of a one-process run: nothing to do (the face of the engine's ``GradientSync``)."""
-
-    class _Done:
-        def wait(self) -> None:
-            return None
-
-    def start(self, buffer: torch.Tensor) -> "_OneProcess._Done":
-        return self._Done()
-
-    def __call__(self, buffer: torch.Tensor) -> torch.Tensor:
-        return buffer
-
-    def sum_partials(self, partials: torch.Tensor) -> torch.Tensor:
-        return partials
-
-    def all_finite(self, buffer: torch.Tensor) -> torch.Tensor:
-        return torch.isfinite(buffer).all()
-
-    def norm(self, buffer: torch.Tensor) -> torch.Tensor:
-        return buffer.norm()
-
-
-_ONE_PROCESS = _OneProcess()
 
 
 class GradientMethod:
@@ -89,7 +64,7 @@ class GradientMethod:
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, betas=betas, fused=True if self.fused else None)
         decay = getattr(self.opts, "ema_decay", 0.0)
         self.ema = [p.detach().clone() for p in self.params] if decay > 0 else None
-        self.grad_sync = config.grad_sync or _ONE_PROCESS
+        self.grad_sync = config.grad_sync or IDENTITY
 
     def backward(self, loss: torch.Tensor) -> None:
         """∇loss → the flat buffer the optimizer reads (zeroed first), averaged over the processes."""
