@@ -40,6 +40,7 @@ from typing import Any, Mapping
 import torch
 
 from fastunlearn.errors import UserInputError
+from fastunlearn.ops.flat_grads import is_dtensor
 
 SHARDINGS = ("ddp", "fsdp")
 
@@ -119,10 +120,6 @@ class GradientSync:
 
 #: The gradient sync of a one-process run.
 IDENTITY = GradientSync(1)
-
-
-def _is_dtensor(t: Any) -> bool:
-    return type(t).__name__ == "DTensor" and hasattr(t, "full_tensor")
 
 
 def unshard_state(obj: Any) -> Any:
@@ -281,7 +278,7 @@ class Distributed:
             return {k: self.gather_state(v) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):
             return type(obj)(self.gather_state(v) for v in obj)
-        if _is_dtensor(obj):
+        if is_dtensor(obj):
             return {"sharded": obj.full_tensor().detach().cpu()}
         return obj
 
@@ -289,7 +286,7 @@ class Distributed:
         """The inverse of :meth:`gather_state` for this job: each ``{"sharded": full}`` becomes this process's
         dim-0 shard of it as a ``DTensor`` on ``module``'s device mesh (no communication: every process read
         the full tensor)."""
-        mesh = next(p.device_mesh for p in module.parameters() if _is_dtensor(p))
+        mesh = next(p.device_mesh for p in module.parameters() if is_dtensor(p))
         return self._shard_state(obj, mesh)
 
     def _shard_state(self, obj: Any, mesh: Any) -> Any:
@@ -308,7 +305,7 @@ class Distributed:
         from fastunlearn.engine.fastpath import set_attention
 
         sharded = getattr(unet, "_orig_mod", unet)
-        full = {k: (v.full_tensor() if _is_dtensor(v) else v).detach() for k, v in sharded.state_dict().items()}
+        full = {k: (v.full_tensor() if is_dtensor(v) else v).detach() for k, v in sharded.state_dict().items()}
         plain = self._plain_class.from_config(sharded.config)
         plain.load_state_dict(full)
         plain.to(device=self.device)

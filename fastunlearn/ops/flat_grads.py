@@ -11,18 +11,20 @@ from typing import Iterable
 import torch
 
 
-def _is_dtensor(t: torch.Tensor) -> bool:
+def is_dtensor(t: object) -> bool:
+    """Whether ``t`` is a sharded ``DTensor`` (what FSDP2's ``fully_shard`` makes parameters), without
+    importing torch.distributed."""
     return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This process's shard of a sharded tensor (the tensor itself otherwise)."""
-    return t._local_tensor if _is_dtensor(t) else t
+    return t._local_tensor if is_dtensor(t) else t
 
 
 def _wrap_like(view: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """``view`` as the gradient of ``param``: a DTensor with the parameter's layout when it is sharded."""
-    if not _is_dtensor(param):
+    if not is_dtensor(param):
         return view
     from torch.distributed.tensor import DTensor
 
