@@ -143,10 +143,12 @@ def _out_of_memory(adapter: Any, settings: LoopSettings, exc: BaseException) -> 
 
 def check_finite_weights(adapter: Any) -> None:
     """Raise :class:`NumericalError` naming the first parameter holding a NaN/Inf (never save such weights)."""
-    for name, p in adapter.unet.named_parameters():
-        if not bool(torch.isfinite(p).all()):
-            raise NumericalError(f"the weights became non-finite ({name} holds NaN/Inf); nothing was saved. "
-                                 "Lower --lr or use --precision fp32.")
+    from fastunlearn.models.ddpm import first_non_finite
+
+    found = first_non_finite(adapter.unet)
+    if found is not None:
+        raise NumericalError(f"the weights became non-finite ({found[0]} holds NaN/Inf); nothing was saved. "
+                             "Lower --lr or use --precision fp32.")
 
 
 def _log_step(line: str) -> int | None:

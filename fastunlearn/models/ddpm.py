@@ -312,16 +312,25 @@ def _check_safetensors(path: Path) -> None:
         ) from None
 
 
+def first_non_finite(module: torch.nn.Module) -> tuple[str, int, int] | None:
+    """(name, count of NaN/Inf values, numel) of the first floating-point tensor of ``module``'s state that
+    holds a NaN/Inf; None when every weight is finite."""
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name, int((~torch.isfinite(tensor)).sum()), tensor.numel()
+    return None
+
+
 def refuse_non_finite(unet: torch.nn.Module, ref: str) -> None:
     """Refuse a model whose weights hold NaN/Inf, naming the first bad tensor (unlearning cannot fix it,
     and every loss and metric downstream would be NaN)."""
-    for name, tensor in unet.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise UserInputError(
-                f"{ref} has non-finite weights: {name} holds {bad} NaN/Inf value(s) of {tensor.numel()}; "
-                "this model cannot be unlearned (retrain or re-export it)"
-            )
+    found = first_non_finite(unet)
+    if found is not None:
+        name, bad, numel = found
+        raise UserInputError(
+            f"{ref} has non-finite weights: {name} holds {bad} NaN/Inf value(s) of {numel}; "
+            "this model cannot be unlearned (retrain or re-export it)"
+        )
 
 
 def _load_unet(unet_dir: Path, ref: str, trust_pickle: bool) -> UNet2DModel:
@@ -433,4 +442,4 @@ def load_adapter(model: Any, null_label: int | None = None, trust_pickle: bool =
     raise UserInputError(f"model {ref!r} is neither a zoo name (zoo:NAME), an existing directory nor a hub id (org/name)")
 
 
-__all__ = ["DDPMAdapter", "NoisedBatch", "load_adapter", "refuse_non_finite", "SCOPES", "PICKLE_SUFFIXES"]
+__all__ = ["DDPMAdapter", "NoisedBatch", "load_adapter", "refuse_non_finite", "first_non_finite", "SCOPES", "PICKLE_SUFFIXES"]

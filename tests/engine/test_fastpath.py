@@ -187,3 +187,14 @@ def test_cuda_default_fast_path_step_matches_fp32(make_tiny_unet):
             metrics = method.step(fb, rb)
         losses.append(float(metrics["loss_retain"]))
     assert losses[1] == pytest.approx(losses[0], rel=5e-2)
+
+
+def test_non_finite_weights_are_never_saved(make_tiny_unet):
+    from fastunlearn.engine.loop import check_finite_weights
+
+    adapter = DDPMAdapter(make_tiny_unet(), null_label=10)
+    check_finite_weights(adapter)  # finite: no error
+    with torch.no_grad():
+        adapter.unet.conv_out.weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(NumericalError, match=r"conv_out\.weight holds NaN/Inf\); nothing was saved"):
+        check_finite_weights(adapter)
