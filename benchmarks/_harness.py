@@ -87,6 +87,12 @@ def append_csv(path: Path, rows: list[dict]) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
+    if not new:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if header != list(rows[0]):
+            raise SystemExit(f"{path}: its columns {header} are not this benchmark's {list(rows[0])}; "
+                             "move the old file aside (it is in git history) and run again")
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         if new:

@@ -38,9 +38,8 @@ total time ÷ the step's wall time.
 ``--ablation`` instead times the library step with each fast-path switch flipped from the device's default
 (one row per switch, ratio vs the default) and appends them to ``benchmarks/results/fastpath.csv``.
 
-``--forgetting STEPS`` instead runs STEPS outer steps of the library's step and of the reference from the
-same digits model and prints forget/retain generation accuracy of both (see :func:`forgetting`), appending
-the rows to ``benchmarks/results/forgetting.csv``.
+What each step does to the model (forget/retain accuracy after the same outer steps) is
+``benchmarks/bench_forgetting.py``'s measurement.
 
 Models: ``digits`` — the shipped ``zoo:digits-ddpm`` (≈1M params, 16×16); ``cifar10`` — a random-init
 ``UNet2DModel`` with ``google/ddpm-cifar10-32``'s configuration (35.7M params, 32×32, channels
@@ -73,7 +72,6 @@ from fastunlearn.config import UnlearnConfig  # noqa: E402
 from fastunlearn.engine import FastPath, prepare_model, resolve_fast_path  # noqa: E402
 from fastunlearn.engine.loop import _autocast  # noqa: E402
 from fastunlearn.methods import base as methods  # noqa: E402
-from fastunlearn.ops import bilevel_combine, dual_noise_loss  # noqa: E402
 
 FORGET_CLASS = 0
 LR = 1e-4
@@ -167,22 +165,22 @@ def build(model: str, device: torch.device):
     return adapter, retained, images, labels
 
 
-# ---------------------------------------------------------------------- the proposed two-pass step
 # ---------------------------------------------------------------------- implementations under test
 class Sides:
     """Draws the forget rows (class 0) and the retain rows (other classes) of step i, the same for every impl."""
 
-    def __init__(self, images, labels, batch):
+    def __init__(self, images, labels, batch, seed: int = 0):
+        self.seed = seed
         self.f_idx = (labels == FORGET_CLASS).nonzero().flatten()
         self.r_idx = (labels != FORGET_CLASS).nonzero().flatten()
         self.images, self.labels, self.batch = images, labels, batch
 
     def draw(self, i: int):
-        g = torch.Generator().manual_seed(1000 + i)
+        g = torch.Generator().manual_seed(1000 + i + 10**6 * self.seed)
         fi = self.f_idx[torch.randint(0, len(self.f_idx), (self.batch,), generator=g)]
         ri = self.r_idx[torch.randint(0, len(self.r_idx), (self.batch,), generator=g)]
         return (self.images[fi], self.labels[fi], self.images[ri], self.labels[ri],
-                torch.Generator().manual_seed(2000 + i))
+                torch.Generator().manual_seed(2000 + i + 10**6 * self.seed))
 
 
 def default_names(device: torch.device) -> tuple[str, ...]:
@@ -202,7 +200,7 @@ def fast_path_of(name: str, device: torch.device) -> FastPath:
 
 
 def library_step(adapter, retained, sides: Sides, fast: FastPath, single_forward: bool = False,
-                 options: dict | None = None):
+                 options: dict | None = None, lr: float = LR):
     """(step(i), method) — the library's EraseDiff step on a deep copy of the model under ``fast`` (``options``:
     EraseDiff options; default the cosine rule at η 0.5, the rule the reference implements)."""
     a = copy.copy(adapter)
@@ -211,7 +209,7 @@ def library_step(adapter, retained, sides: Sides, fast: FastPath, single_forward
     m = methods.get("erasediff")()
     options = {"lambda_rule": "cosine", "eta": ETA} if options is None else options
     opts = methods.parse_options("erasediff", {**options, "single_forward": single_forward})
-    m.setup(a, methods.MethodConfig(lr=LR, options=opts, forget_classes=(FORGET_CLASS,),
+    m.setup(a, methods.MethodConfig(lr=lr, options=opts, forget_classes=(FORGET_CLASS,),
                                     retain_classes=tuple(retained), fused_optimizer=fast.fused_optimizer))
 
     def run(i):
@@ -378,52 +376,6 @@ def ablation_impls(adapter, retained, device, smoke: bool = False):
     return {name: (lambda sides, f=f: library_step(adapter, retained, sides, f)[0]) for name, f in variants.items()}
 
 
-def forgetting(steps: int, batch: int, per_class: int, eval_steps: int, library_steps: int | None = None,
-               library_rule: str = "cosine") -> list[dict]:
-    """Forget/retain generation accuracy on the digits default after the same outer steps of both steps.
-
-    Same initial model (``zoo:digits-ddpm``), same forget/retain rows per step, lr 1e-4, cosine rule η 0.5,
-    EMA 0.95 for both; each evaluated on its EMA weights (the model a run saves) with the shipped digits
-    classifier on seeded DDIM samples (``per_class`` per class, ``eval_steps`` DDIM steps), as
-    ``bench_methods.py`` does. Forget = class 0; retain = mean over classes 1–9. ``library_steps`` (default
-    ``steps``) runs the library's step that many times instead — e.g. as many as fit the reference's wall time.
-    ``library_rule="bome"`` runs the library with its own defaults (BOME rule, η 0.1) instead of the
-    reference's cosine rule.
-    """
-    from bench_methods import Evaluator
-
-    from fastunlearn.api import _judge
-    from fastunlearn.models.ddpm import DDPMAdapter
-
-    device = torch.device("cpu")
-    adapter, retained, images, labels = build("digits", device)
-    evaluator = Evaluator(_judge(adapter), per_class, eval_steps)
-    rows = [{"impl": "before", "steps": 0, **evaluator(adapter), "train_s": 0.0}]
-    impls, objs = make_impls(adapter, retained, Sides(images, labels, batch), names=("fastunlearn", "reference"),
-                             options=None if library_rule == "cosine" else {})
-    spent = {n: 0.0 for n in impls}
-    library_steps = steps if library_steps is None else library_steps
-    for i in range(max(steps, library_steps)):
-        for name, fn in impls.items():
-            if i >= (library_steps if name == "fastunlearn" else steps):
-                continue
-            t0 = time.perf_counter()
-            fn(i)
-            spent[name] += time.perf_counter() - t0
-    m = objs["fastunlearn"]
-    m.finalize()
-    rows.append({"impl": "fastunlearn", "steps": library_steps, **evaluator(m.adapter), "train_s": round(spent["fastunlearn"], 1)})
-    ref = objs["reference"]
-    with torch.no_grad():
-        for n, p in ref.unet.named_parameters():
-            p.copy_(ref.ema_state()[n])
-    ref_adapter = DDPMAdapter(ref.unet, adapter.scheduler, null_label=adapter.null_label)
-    rows.append({"impl": "reference", "steps": steps, **evaluator(ref_adapter), "train_s": round(spent["reference"], 1)})
-    for r in rows:
-        r["forget"], r["retain"] = round(r["forget"], 3), round(r["retain"], 3)
-    return rows
-
-
 def plot(rows, path: Path) -> None:
     import matplotlib
 
@@ -467,15 +419,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", default=str(RESULTS / "step.csv"), help="CSV to append rows to ('' to skip)")
     ap.add_argument("--png", default=str(RESULTS / "step.png"), help="plot to write ('' to skip)")
     ap.add_argument("--threads", type=int, default=None, help="CPU: torch threads (default 1, see main())")
-    ap.add_argument("--forgetting", type=int, default=0, metavar="STEPS",
-                    help="instead of timing: forget/retain accuracy on digits after STEPS outer steps of each (prints only)")
-    ap.add_argument("--forgetting-batch", type=int, default=32)
-    ap.add_argument("--forgetting-rule", default="cosine", choices=["cosine", "bome"],
-                    help="--forgetting: the library's λ rule (cosine η 0.5 as the reference, or its default bome)")
-    ap.add_argument("--forgetting-library-steps", type=int, default=None,
-                    help="--forgetting: outer steps of the library's step (default: the same STEPS as the reference)")
-    ap.add_argument("--per-class", type=int, default=20, help="--forgetting: generations per class")
-    ap.add_argument("--eval-steps", type=int, default=20, help="--forgetting: DDIM steps")
     ap.add_argument("--ablation", action="store_true",
                     help="time the library step with each fast-path switch flipped from the device default "
                          "(rows appended to benchmarks/results/fastpath.csv)")
@@ -509,18 +452,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         models, per_model, warmup = ["tiny"], {"tiny": [2]}, 0
 
-    if args.forgetting:
-        rows = forgetting(args.forgetting, args.forgetting_batch, args.per_class, args.eval_steps,
-                          args.forgetting_library_steps, args.forgetting_rule)
-        print_table(rows, ["impl", "steps", "forget", "retain", "train_s"])
-        if args.csv:
-            env = environment(torch.device("cpu"))
-            tag = (f"ref {args.forgetting} steps, library {args.forgetting_library_steps or args.forgetting} steps"
-                   + (", library rule bome" if args.forgetting_rule == "bome" else ""))
-            path = Path(args.csv).with_name("forgetting.csv")
-            append_csv(path, [{**env, "comparison": tag, "batch": args.forgetting_batch, **r} for r in rows])
-            print(f"appended {len(rows)} rows to {path}")
-        return 0
     env = environment(device)
     print(f"{env['device']} | torch {env['torch']} | commit {env['commit']} | "
           f"fast path {resolve_fast_path(UnlearnConfig(), device).as_dict()}", flush=True)

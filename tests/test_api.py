@@ -23,8 +23,12 @@ def test_config_sources_and_precedence(tmp_path):
 
 
 def test_method_defaults_fill_only_what_is_not_given():
-    assert UnlearnConfig().resolved().options["eta"] == 0.1
+    default = UnlearnConfig().resolved()
+    assert (default.steps, default.batch_size, default.lr) == (100, 32, 1e-4)
+    assert default.options["lambda_rule"] == "bome" and default.options["eta"] == 0.5
     assert UnlearnConfig(options={"lambda_rule": "cosine"}).resolved().options["eta"] == 0.5
+    assert UnlearnConfig(options={"lambda_rule": "fixed"}).resolved().options["eta"] == 0.1  # the authors' λ
+    assert UnlearnConfig(options={"eta": 0.3}).resolved().options["eta"] == 0.3
     assert UnlearnConfig(options={"lambda_rule": "cosine", "eta": 0.2}).resolved().options["eta"] == 0.2
     assert UnlearnConfig(steps=3, lr=0.5).resolved().steps == 3
 

@@ -21,6 +21,24 @@ def test_bench_methods_smoke():
     assert "erasediff" in out.stdout and "salun" in out.stdout
 
 
+def test_bench_forgetting_smoke(tmp_path):
+    """Both implementations step from the shipped digits DDPM and are judged at each checkpoint; the rows
+    carry accuracies in [0, 1] and cumulative step time that grows; nothing is written."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_forgetting.py"), "--smoke"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = out.stdout[out.stdout.index("train_s"):].splitlines()[1:]
+    rows = [line.split() for line in table if line.split() and line.split()[1] in ("fastunlearn", "reference")]
+    assert {(r[0], r[1], r[2]) for r in rows} == {(s, i, n) for s in ("0", "mean") for i in ("fastunlearn", "reference")
+                                                  for n in ("1", "2")}, out.stdout
+    for r in rows:
+        assert 0.0 <= float(r[3]) <= 1.0 and 0.0 <= float(r[4]) <= 1.0, r
+    for impl in ("fastunlearn", "reference"):
+        t = [float(r[5]) for r in rows if r[0] == "0" and r[1] == impl]
+        assert 0 < t[0] <= t[1], (impl, t)
+    assert not list(tmp_path.iterdir()), "--smoke must write nothing"
+
+
 def test_readme_tables_are_generated_from_results(tmp_path, monkeypatch):
     import importlib.util
 
