@@ -101,24 +101,32 @@ def step_table(name: str = "step") -> str:
 
 
 def forgetting_table() -> str:
-    """bench_step.py --forgetting: accuracy after the same outer steps / the same wall time (newest commit)."""
+    """bench_forgetting.py: forget/retain accuracy of both implementations after the same outer steps (newest
+    run): the mean over seeds, with the per-seed range."""
     path = RESULTS / "forgetting.csv"
     if not path.exists():
         return "_not yet measured_"
     with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    keep = []
-    for comparison in dict.fromkeys(r["comparison"] for r in rows):  # each comparison's newest run
-        group = [r for r in rows if r["comparison"] == comparison]
-        newest = max(group, key=lambda r: r["date"])
-        keep += [r for r in group if (r["commit"], r["date"][:13]) == (newest["commit"], newest["date"][:13])]
-    rows = keep
-    commits = ", ".join(sorted({r["commit"] for r in rows}))
-    lines = [f"**{rows[0]['device']}** — torch {rows[0]['torch']}, commit {commits}, {rows[0]['date'][:10]}", "",
-             "| comparison | impl | outer steps | forget acc | retain acc | train s |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['comparison']} | {r['impl']} | {r['steps']} | {float(r['forget']):.1%} | "
-                     f"{float(r['retain']):.1%} | {r['train_s']} |")
+        rows = _latest_runs(list(csv.DictReader(fh)))
+    seeds = sorted({r["seed"] for r in rows if r["seed"] not in ("mean", "-")})
+    before = next(r for r in rows if r["impl"] == "before")
+
+    def cell(impl: str, steps: str, key: str) -> str:
+        mean = next(r for r in rows if (r["seed"], r["impl"], r["steps"]) == ("mean", impl, steps))
+        if key == "train_s":
+            return mean[key]
+        vals = [float(r[key]) for r in rows if r["seed"] in seeds and (r["impl"], r["steps"]) == (impl, steps)]
+        return f"{float(mean[key]):.1%} ({min(vals):.0%}–{max(vals):.0%})" if len(vals) > 1 else f"{float(mean[key]):.1%}"
+
+    lines = [f"**{before['device']}** — torch {before['torch']}, commit {before['commit']}, {before['date'][:10]}; "
+             f"{len(seeds)} seeds, {before['per_class']} generations per class, DDIM-{before['eval_steps']}; "
+             f"before unlearning: forget acc {float(before['forget']):.1%}, retain acc {float(before['retain']):.1%}", "",
+             "| outer steps | forget acc: reference | forget acc: fastunlearn | retain acc: reference | "
+             "retain acc: fastunlearn | train s: reference | train s: fastunlearn |",
+             "|---|---|---|---|---|---|---|"]
+    for steps in dict.fromkeys(r["steps"] for r in rows if r["seed"] == "mean"):
+        lines.append(f"| {steps} | " + " | ".join(cell(impl, steps, key) for key in ("forget", "retain", "train_s")
+                                                   for impl in ("reference", "fastunlearn")) + " |")
     return "\n".join(lines)
 
 
