@@ -103,6 +103,7 @@ def run_method(label: str, name: str, options: dict, args, judge, evaluator, bas
     prepare_model(adapter, torch.device("cpu"), fast)
     cls = methods.get(name)
     d = cls.defaults(False, options)
+    options = {**d.get("options", {}), **options}  # the run defaults' options (e.g. EraseDiff's η), as `run` fills them
     lr = args.lr.get(label, d["lr"])
     method = cls()
     t0 = time.perf_counter()
