@@ -101,7 +101,7 @@ def step_table(name: str = "step") -> str:
 
 
 def forgetting_table() -> str:
-    """bench_forgetting.py: forget/retain accuracy of both implementations after the same outer steps (newest
+    """bench_forgetting.py: forget/retain accuracy of every implementation after the same outer steps (newest
     run): the mean over seeds, with the per-seed range."""
     path = RESULTS / "forgetting.csv"
     if not path.exists():
@@ -110,23 +110,22 @@ def forgetting_table() -> str:
         rows = _latest_runs(list(csv.DictReader(fh)))
     seeds = sorted({r["seed"] for r in rows if r["seed"] not in ("mean", "-")})
     before = next(r for r in rows if r["impl"] == "before")
+    impls = sorted({r["impl"] for r in rows if r["seed"] == "mean"},
+                   key=lambda i: (i != "reference", i != "fastunlearn", i))
 
-    def cell(impl: str, steps: str, key: str) -> str:
-        mean = next(r for r in rows if (r["seed"], r["impl"], r["steps"]) == ("mean", impl, steps))
-        if key == "train_s":
-            return mean[key]
-        vals = [float(r[key]) for r in rows if r["seed"] in seeds and (r["impl"], r["steps"]) == (impl, steps)]
-        return f"{float(mean[key]):.1%} ({min(vals):.0%}–{max(vals):.0%})" if len(vals) > 1 else f"{float(mean[key]):.1%}"
+    def cell(mean: dict, key: str) -> str:
+        vals = [float(r[key]) for r in rows if r["seed"] in seeds and (r["impl"], r["steps"]) == (mean["impl"], mean["steps"])]
+        spread = f" ({min(vals):.1%}–{max(vals):.1%})" if len(vals) > 1 else ""
+        return f"{float(mean[key]):.1%}{spread}"
 
     lines = [f"**{before['device']}** — torch {before['torch']}, commit {before['commit']}, {before['date'][:10]}; "
              f"{len(seeds)} seeds, {before['per_class']} generations per class, DDIM-{before['eval_steps']}; "
              f"before unlearning: forget acc {float(before['forget']):.1%}, retain acc {float(before['retain']):.1%}", "",
-             "| outer steps | forget acc: reference | forget acc: fastunlearn | retain acc: reference | "
-             "retain acc: fastunlearn | train s: reference | train s: fastunlearn |",
-             "|---|---|---|---|---|---|---|"]
-    for steps in dict.fromkeys(r["steps"] for r in rows if r["seed"] == "mean"):
-        lines.append(f"| {steps} | " + " | ".join(cell(impl, steps, key) for key in ("forget", "retain", "train_s")
-                                                   for impl in ("reference", "fastunlearn")) + " |")
+             "| outer steps | impl | forget acc (seed range) | retain acc (seed range) | train s |", "|---|---|---|---|---|"]
+    for steps in sorted({int(r["steps"]) for r in rows if r["seed"] == "mean"}):
+        for impl in impls:
+            mean = next(r for r in rows if (r["seed"], r["impl"], r["steps"]) == ("mean", impl, str(steps)))
+            lines.append(f"| {steps} | {impl} | {cell(mean, 'forget')} | {cell(mean, 'retain')} | {mean['train_s']} |")
     return "\n".join(lines)
 
 
