@@ -1,6 +1,6 @@
 """Forgetting per outer step: fastunlearn's EraseDiff vs the authors' loop, from the same model, same rows.
 
-    python benchmarks/bench_forgetting.py --jobs 2 --variant eta=0.1   # 3 seeds, 5 checkpoints; ~25 min on 2 cores
+    python benchmarks/bench_forgetting.py --jobs 2 --variant eta=0.1   # 4 seeds, 5 checkpoints; ~25 min on 2 cores
     python benchmarks/bench_forgetting.py --smoke                      # 2 steps, 1 seed, writes nothing
 
 Both start from the shipped ``zoo:digits-ddpm`` and unlearn digit 0 with the same forget and retain rows at
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoints", default="20,40,60,80,150",
                     help="outer-step counts to evaluate at (comma-separated; 150 = the default job)")
-    ap.add_argument("--seeds", type=int, default=3, help="independent row streams (seeds 0..N-1)")
+    ap.add_argument("--seeds", type=int, default=4, help="independent row streams (seeds 0..N-1)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes at once (one thread each)")
     ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                     help="also run the library with these EraseDiff options over its defaults (repeatable), "
