@@ -6,8 +6,8 @@
 Both start from the shipped ``zoo:digits-ddpm`` and unlearn digit 0 with the same forget and retain rows at
 every outer step (:class:`bench_step.Sides`; one row stream per seed). Each runs at its own settings:
 
-- ``fastunlearn`` — the library's EraseDiff step at the **digits default** (``EraseDiff.defaults()`` and
-  ``EraseDiffOptions``: BOME rule, η 0.5, Adam lr 1e-4, batch 32 per side, grad-clip 1, EMA 0.95) on the
+- ``fastunlearn`` — the library's EraseDiff step at the **digits default** (``UnlearnConfig().resolved()``, as
+  ``fastunlearn run`` resolves it: BOME rule, η 0.5, Adam lr 1e-4, batch 32 per side, grad-clip 1, EMA 0.95) on the
   engine's fast path for the CPU, exactly what ``fastunlearn run`` runs;
 - ``reference`` — :class:`reference_erasediff.ReferenceEraseDiff`, the authors' outer step (K = 2 inner forget
   steps on the live optimizer, the adaptive cosine rule, lr 1e-4, grad-clip 1) with the same EMA 0.95, so
@@ -43,6 +43,7 @@ from bench_step import Sides, build, fast_path_of, library_step  # noqa: E402
 from reference_erasediff import ReferenceEraseDiff  # noqa: E402
 
 from fastunlearn.api import _judge  # noqa: E402
+from fastunlearn.config import UnlearnConfig  # noqa: E402
 from fastunlearn.methods import base as methods  # noqa: E402
 from fastunlearn.models.ddpm import DDPMAdapter  # noqa: E402
 
@@ -51,10 +52,11 @@ from fastunlearn.models.ddpm import DDPMAdapter  # noqa: E402
 REFERENCE_ETA = 0.5
 
 
-def library_defaults() -> tuple[dict, float, int]:
-    """(EraseDiff options, lr, batch) of the digits default job — read from the method, not restated."""
-    defaults = methods.get("erasediff").defaults(False, {})
-    return dict(defaults.get("options", {})), float(defaults["lr"]), int(defaults["batch_size"])
+def library_settings(options: dict | None = None) -> tuple[dict, float, int]:
+    """(EraseDiff options, lr, batch) of the digits default job with ``options`` over it, resolved exactly as
+    ``fastunlearn run`` resolves them (so a variant ``lambda_rule=fixed`` gets that rule's η, not BOME's)."""
+    cfg = UnlearnConfig(method="erasediff", options=dict(options or {})).resolved()
+    return dict(cfg.options), float(cfg.lr), int(cfg.batch_size)
 
 
 def parse_variant(text: str) -> dict:
@@ -68,7 +70,7 @@ def parse_variant(text: str) -> dict:
             out[key.strip()] = float(value) if "." in value or "e" in value.lower() else int(value)
         except ValueError:
             out[key.strip()] = value.strip()
-    methods.parse_options("erasediff", out)  # unknown keys / bad values fail here, before any work
+    library_settings(out)  # unknown keys / bad values fail here, before any work
     return out
 
 
@@ -79,11 +81,12 @@ def compare(checkpoints: list[int], seed: int, per_class: int, eval_steps: int, 
     torch.set_num_threads(threads)
     adapter, retained, images, labels = build("digits", torch.device("cpu"))
     evaluator = Evaluator(_judge(adapter), per_class, eval_steps)
-    options, lr, batch = library_defaults()
+    options, lr, batch = library_settings()
     sides = Sides(images, labels, batch, seed=seed)
     device = adapter.device
     impls = []
-    for label, opts in [("fastunlearn", options)] + [(f"fastunlearn {v}", {**options, **parse_variant(v)}) for v in variants]:
+    for label, opts in [("fastunlearn", options)] + [(f"fastunlearn {v}", library_settings(parse_variant(v))[0])
+                                                     for v in variants]:
         step, lib = library_step(adapter, retained, sides, fast_path_of("fastunlearn", device), options=opts, lr=lr)
 
         def judge(lib=lib):
@@ -162,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     env = environment(device)  # the commit and date the run starts at
-    options, lr, batch = library_defaults()
-    print(f"library: erasediff defaults {options or '(options at their defaults)'}, lr {lr}, batch {batch}"
+    options, lr, batch = library_settings()
+    print(f"library: erasediff at its run defaults (λ rule {options['lambda_rule']}, η {options['eta']}), lr {lr}, "
+          f"batch {batch}"
           + "".join(f"; variant {v}" for v in args.variant)
           + f"; reference: cosine η {REFERENCE_ETA}, K=2 live inner steps, lr {lr}; "
           f"{args.per_class} generations/class, DDIM-{args.eval_steps}", flush=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import importlib.util
 import sys
 import time
@@ -102,13 +103,15 @@ def run_method(label: str, name: str, options: dict, args, judge, evaluator, bas
     fast = resolve_fast_path(UnlearnConfig(precision=args.precision), torch.device("cpu"))
     prepare_model(adapter, torch.device("cpu"), fast)
     cls = methods.get(name)
-    d = cls.defaults(False, options)
-    options = {**d.get("options", {}), **options}  # the run defaults' options (e.g. EraseDiff's η), as `run` fills them
-    lr = args.lr.get(label, d["lr"])
+    cfg = UnlearnConfig(method=name, options=options).resolved()  # batch, lr and options exactly as `run` resolves them
+    plain = dataclasses.asdict(methods.parse_options(name, {}))
+    # shown in the table: the options given here and those the run defaults change (e.g. EraseDiff's η)
+    shown = {k: v for k, v in cfg.options.items() if k in options or v != plain[k]}
+    lr = args.lr.get(label, cfg.lr)
     method = cls()
     t0 = time.perf_counter()
     method.setup(adapter, methods.MethodConfig(
-        lr=lr, options=methods.parse_options(name, options), forget_classes=tuple(sets.forget_classes),
+        lr=lr, options=methods.parse_options(name, cfg.options), forget_classes=tuple(sets.forget_classes),
         retain_classes=tuple(sets.retain_classes), fused_optimizer=fast.fused_optimizer))
     setup_s = time.perf_counter() - t0
     forget = SampleSet(sets.forget_images, sets.forget_labels)
@@ -135,7 +138,7 @@ def run_method(label: str, name: str, options: dict, args, judge, evaluator, bas
             if args.stop_at_bar:
                 raise Stop
 
-    settings = LoopSettings(steps=args.steps, batch_size=d["batch_size"], seed=args.seed, log_every=10, progress=False,
+    settings = LoopSettings(steps=args.steps, batch_size=cfg.batch_size, seed=args.seed, log_every=10, progress=False,
                             precision=fast.precision)
     try:
         train(adapter, method, forget, retain, settings, work / label, on_step=on_step)
@@ -144,8 +147,8 @@ def run_method(label: str, name: str, options: dict, args, judge, evaluator, bas
     method.finalize()
     adapter.unet.eval()
     step, f_acc, r_acc, train_s = trace[-1]
-    row = {"method": label, "registered": name, "options": " ".join(f"{k}={v}" for k, v in options.items()),
-           "lr": lr, "batch_size": d["batch_size"], "setup_s": round(setup_s, 1),
+    row = {"method": label, "registered": name, "options": " ".join(f"{k}={v}" for k, v in shown.items()),
+           "lr": lr, "batch_size": cfg.batch_size, "setup_s": round(setup_s, 1),
            "bar_steps": state["bar"][0] if state["bar"] else "", "bar_wall_s": round(state["bar"][1], 1) if state["bar"] else "",
            "steps_run": step, "train_s": round(train_s, 1), "final_forget_acc": f_acc, "final_retain_acc": r_acc}
     if args.fid:
