@@ -1,6 +1,7 @@
 """The fused ops' Python face: public functions, autograd and backend dispatch.
 
-- :func:`dual_noise_loss` — forget and retain denoising losses of one concatenated batch in one pass;
+- :func:`dual_noise_loss` — the denoising losses (MSE) of a batch's forget rows and retain rows in one pass
+  (one side may be empty: EraseDiff's default calls it once per side);
 - :func:`bilevel_combine` — the first-order bi-level gradient combination (with :func:`bilevel_stats`
   exposed for sharded training);
 - :class:`FlatGrads` — parameters' gradients as views into one flat buffer.

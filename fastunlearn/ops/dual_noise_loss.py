@@ -1,8 +1,16 @@
 """``dual_noise_loss``: the denoising loss of the forget rows and of the retain rows in one pass.
 
-Methods run the model once on the concatenated batch ``[forget rows; retain rows]``; this op reads the
-prediction and the target once and returns both means (fp32 accumulation whatever the input dtype). Its
-backward writes the gradient of both sides in one kernel. Backends: see :mod:`fastunlearn.ops.backends`.
+``dual_noise_loss(pred, target, n_forget)`` reads a prediction and its target once and returns the mean
+squared error of the first ``n_forget`` rows and of the rest (fp32 accumulation whatever the input dtype; an
+empty side gives 0); its backward writes the gradient of both sides in one kernel.
+
+Who calls it how: EraseDiff's default step runs the model once per side (one forward+backward for the forget
+batch, one for the retain batch: cheaper than one pass over both, see methods/erasediff.py), so there it is
+called once per side with the other side empty, i.e. as a fused MSE. The two-sided form — the model run
+once on the concatenated batch ``[forget rows; retain rows]`` — is what EraseDiff's ``single_forward=True``
+and the ``gradient_ascent`` baseline (NegGrad+) use. Either way the op is a small share of a step: the
+model's forward and backward passes dominate (``fused_ops_pct`` in benchmarks/results/step.csv).
+Backends: see :mod:`fastunlearn.ops.backends`.
 """
 from __future__ import annotations
 
