@@ -20,6 +20,7 @@ ZOO_PREFIX = "zoo:"
 DESCRIPTIONS: dict[str, str] = {
     "digits-ddpm": "class-conditional DDPM (UNet2DModel, 16×16 grey digits, label 10 = unconditional)",
     "digits-classifier": "CNN judge for 16×16 digits (logits over 10 classes, penultimate features)",
+    "digits-svm": "second, independent judge: RBF-kernel SVM on the raw 16×16 pixels (scores over 10 classes)",
 }
 
 
@@ -71,6 +72,16 @@ def load_classifier(name: str = "digits-classifier", device: str | None = None):
     return model
 
 
+def load_svm(name: str = "digits-svm", device: str | None = None):
+    """The shipped second digits judge (a :class:`~fastunlearn.zoo.svm.DigitsSVM`), in eval mode."""
+    from fastunlearn.zoo.svm import DigitsSVM
+
+    model = DigitsSVM.from_pretrained(resolve(name)).eval()
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
 def load_unet(name: str = "digits-ddpm", device: str | None = None):
     """The UNet of a shipped DDPM (``UNet2DModel``), in eval mode."""
     from diffusers import UNet2DModel
@@ -82,5 +93,5 @@ def load_unet(name: str = "digits-ddpm", device: str | None = None):
 
 
 __all__ = [
-    "MODELS_DIR", "ZooError", "available", "is_zoo_ref", "resolve", "load_classifier", "load_unet",
+    "MODELS_DIR", "ZooError", "available", "is_zoo_ref", "resolve", "load_classifier", "load_svm", "load_unet",
 ]

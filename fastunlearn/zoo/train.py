@@ -1,8 +1,9 @@
 """Train the models the project ships: ``python -m fastunlearn.zoo.train NAME``.
 
-NAME is ``digits-classifier`` (train it first: it judges the DDPM) or ``digits-ddpm``.
-Both train on the digits *train* split only, seeded, on CPU, and write a diffusers-format
-directory into ``fastunlearn/zoo/models/NAME/`` plus ``training.json``: the exact config
+NAME is ``digits-classifier`` (train it first: it judges the DDPM), ``digits-ddpm`` or ``digits-svm``
+(the second, independent judge: :mod:`fastunlearn.zoo.svm`). All train on the digits *train* split only,
+seeded (the SVM is deterministic), on CPU, and write into ``fastunlearn/zoo/models/NAME/`` (diffusers format;
+the SVM as ``svm.safetensors`` + ``config.json``) plus ``training.json``: the exact config
 (the dataclasses below, which the tests compare with the recorded file), the measured wall
 time, the final quality figures and the library versions. ``--eval-only`` recomputes the
 quality figures of an existing directory without training.
@@ -92,9 +93,27 @@ class DDPMTrainConfig:
     eval_seed: int = 1234
 
 
+@dataclass(frozen=True)
+class SVMTrainConfig:
+    """How ``digits-svm`` is fitted (recorded verbatim in its ``training.json``).
+
+    scikit-learn's ``SVC(kernel="rbf", break_ties=True)`` on the flattened 16×16 train images (256 pixels in
+    [-1, 1], no augmentation); C and γ are the best of the grid by stratified k-fold cross-validation on the
+    train split (the test split is never looked at before the final figure), the first best on ties.
+    """
+
+    c_grid: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0)
+    gamma_grid: tuple[float, ...] = (0.005, 0.01, 0.02, 0.04)
+    cv_folds: int = 5
+    cv_seed: int = 0
+    split_seed: int = digits.SPLIT_SEED
+    test_fraction: float = digits.TEST_FRACTION
+
+
 CONFIGS: dict[str, Any] = {
     "digits-classifier": ClassifierTrainConfig(),
     "digits-ddpm": DDPMTrainConfig(),
+    "digits-svm": SVMTrainConfig(),
 }
 
 
@@ -175,6 +194,65 @@ def train_classifier(config: ClassifierTrainConfig, out_dir: Path) -> dict[str, 
             "test_accuracy": classifier_accuracy(model, test.images, test.labels),
             "test_accuracy_shifted_1px": classifier_accuracy(model, shifted, test.labels),
             "n_test": len(test),
+        },
+    }
+
+
+#: Constant images the judges are asked about (what a collapsed model might draw), recorded with the SVM.
+TRIVIAL_FILLS: dict[str, float] = {"background (-1)": -1.0, "grey (0)": 0.0, "white (+1)": 1.0}
+
+
+def trivial_fill_predictions(judge: Any) -> dict[str, int]:
+    """The class ``judge`` gives a constant 16×16 image of each :data:`TRIVIAL_FILLS` value."""
+    out = {}
+    for name, value in TRIVIAL_FILLS.items():
+        x = torch.full((1, 1, digits.IMAGE_SIDE, digits.IMAGE_SIDE), value)
+        out[name] = int(judge(x).argmax(dim=1)[0])
+    return out
+
+
+def train_svm(config: SVMTrainConfig, out_dir: Path) -> dict[str, Any]:
+    """Fit the RBF-SVM judge (C, γ by cross-validation on the train split); returns its record."""
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.svm import SVC
+
+    from fastunlearn.zoo.svm import DigitsSVM
+
+    train, test = digits.load_digits_split("train"), digits.load_digits_split("test")
+    x_train = train.images.reshape(len(train), -1).double().numpy()
+    start = time.perf_counter()
+    search = GridSearchCV(
+        SVC(kernel="rbf", break_ties=True),
+        {"C": list(config.c_grid), "gamma": list(config.gamma_grid)},
+        cv=StratifiedKFold(config.cv_folds, shuffle=True, random_state=config.cv_seed), n_jobs=1,
+    )
+    search.fit(x_train, train.labels.numpy())
+    wall = time.perf_counter() - start
+    svc = search.best_estimator_
+    best = {"C": float(search.best_params_["C"]), "gamma": float(search.best_params_["gamma"])}
+    model = DigitsSVM.from_sklearn(svc, image_shape=(1, digits.IMAGE_SIDE, digits.IMAGE_SIDE), config={"C": best["C"]})
+    model.save_pretrained(out_dir)
+    model = DigitsSVM.from_pretrained(out_dir)  # the figures below are those of what ships
+    x_test = test.images.reshape(len(test), -1).double().numpy()
+    agree = float((model.predict(test.images).numpy() == svc.predict(x_test)).mean())
+    shifted = _random_shift(test.images, 1, torch.Generator().manual_seed(1))
+    cv = search.cv_results_
+    return {
+        "name": "digits-svm",
+        "config": config_to_json(config),
+        "train_wall_time_s": round(wall, 2),
+        "chosen": best,
+        "cv_mean_accuracy": {f"C={p['C']:g},gamma={p['gamma']:g}": round(float(m), 5)
+                             for p, m in zip(cv["params"], cv["mean_test_score"])},
+        "num_support_vectors": int(model.support_vectors.shape[0]),
+        "quality": {
+            "cv_accuracy": float(search.best_score_),
+            "train_accuracy": float((model.predict(train.images) == train.labels).float().mean()),
+            "test_accuracy": float((model.predict(test.images) == test.labels).float().mean()),
+            "test_accuracy_shifted_1px": float((model.predict(shifted) == test.labels).float().mean()),
+            "test_agreement_with_sklearn_predict": agree,
+            "n_test": len(test),
+            "trivial_fill_predictions": trivial_fill_predictions(model),
         },
     }
 
@@ -325,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     config = CONFIGS[args.name]
     if args.steps is not None:
+        if args.name == "digits-svm":
+            parser.error("--steps does not apply to digits-svm (it is fitted, not trained in steps)")
         key = "steps" if args.name == "digits-ddpm" else "epochs"
         config = replace(config, **{key: args.steps})
     out_dir = args.out or MODELS_DIR / args.name
@@ -336,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         record = json.loads(record_path.read_text())
     elif args.name == "digits-classifier":
         record = train_classifier(config, out_dir)
+    elif args.name == "digits-svm":
+        record = train_svm(config, out_dir)
     else:
         record = train_ddpm(config, out_dir)
         record_path.write_text(json.dumps(record, indent=2) + "\n")

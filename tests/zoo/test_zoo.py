@@ -13,17 +13,17 @@ from fastunlearn.zoo.train import CONFIGS, ClassifierTrainConfig, DDPMTrainConfi
 
 def test_available_and_resolve():
     names = zoo.available()
-    assert set(names) == {"digits-ddpm", "digits-classifier"}
+    assert set(names) == {"digits-ddpm", "digits-classifier", "digits-svm"}
     assert zoo.resolve("zoo:digits-ddpm") == zoo.resolve("digits-ddpm")
     assert (zoo.resolve("zoo:digits-ddpm") / "model_index.json").is_file()
 
 
 def test_unknown_name_lists_what_exists():
-    with pytest.raises(UserInputError, match="unknown zoo model 'zoo:nope': the zoo has zoo:digits-ddpm, zoo:digits-classifier"):
+    with pytest.raises(UserInputError, match="unknown zoo model 'zoo:nope': the zoo has zoo:digits-ddpm, zoo:digits-classifier, zoo:digits-svm"):
         zoo.resolve("zoo:nope")
 
 
-@pytest.mark.parametrize("name", ["digits-ddpm", "digits-classifier"])
+@pytest.mark.parametrize("name", ["digits-ddpm", "digits-classifier", "digits-svm"])
 def test_recorded_config_equals_training_script(name):
     record = json.loads((zoo.resolve(name) / "training.json").read_text())
     assert record["config"] == config_to_json(CONFIGS[name])
