@@ -10,12 +10,13 @@ import datetime as _dt
 import os
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from fastunlearn.eval.manifest import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,13 +36,10 @@ def device_name(device: torch.device) -> str:
     return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+def short_commit() -> str:
+    """The checkout's commit, abbreviated (7 hex digits) as the results CSVs record it: the package's
+    :func:`fastunlearn.eval.manifest.git_commit` asked about this folder's checkout."""
+    return git_commit(Path(__file__).resolve().parent)["commit"][:7]
 
 
 def environment(device: torch.device) -> dict:
@@ -49,7 +47,7 @@ def environment(device: torch.device) -> dict:
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "device": device_name(device),
         "torch": torch.__version__,
-        "commit": git_commit(),
+        "commit": short_commit(),
     }
 
 

@@ -66,7 +66,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import RESULTS, append_csv, environment, measure, print_table  # noqa: E402
-from reference_erasediff import ReferenceEraseDiff  # noqa: E402
+from reference_erasediff import ReferenceEraseDiffAdaptive, ReferenceEraseDiffDefault, authors_schedule  # noqa: E402
 
 from fastunlearn.config import UnlearnConfig  # noqa: E402
 from fastunlearn.engine import FastPath, prepare_model, resolve_fast_path  # noqa: E402
@@ -75,7 +75,10 @@ from fastunlearn.methods import base as methods  # noqa: E402
 
 FORGET_CLASS = 0
 LR = 1e-4
-ETA = 0.5  # the library's cosine-rule default (EraseDiff.defaults); the value does not change the cost
+ETA = 0.5  # the adaptive reference's η (the library's cosine-rule default); the value does not change the cost
+#: the forget-set size the authors' schedule is applied to, where it is not the benchmark data's own class-0
+#: count: CIFAR-10's data here is a random stand-in; their CIFAR-10 forget set is one class, 5,000 images.
+FORGET_SET_SIZE = {"cifar10": 5000}
 
 #: google/ddpm-cifar10-32's unet/config.json (diffusers), with a class embedding added.
 CIFAR10_CONFIG = dict(
@@ -95,48 +98,50 @@ SD_CONFIG = dict(
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
 )
+#: ``--smoke``: the cifar10 model's code path (a class-conditional ``UNet2DModel`` with attention) at a tiny size.
 TINY_CONFIG = dict(
-    sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
+    sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
     down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
     norm_num_groups=8, num_class_embeds=11,
+)
+#: ``--smoke``: the sd model's code path (a cross-attention ``UNet2DConditionModel`` on latents) at a tiny size.
+TINY_SD_CONFIG = dict(
+    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
 )
 
 
 # ---------------------------------------------------------------------- models
-class LatentBenchAdapter:
-    """The Adapter contract over a ``UNet2DConditionModel`` for timing only: class c ↦ a fixed random
-    77×768 text embedding (the text encoder is frozen in EraseDiff's SD setting and runs outside the step)."""
+def _latent_adapter_class():
+    from fastunlearn.models.ddpm import DDPMAdapter
 
-    conditional, null_label, num_classes = True, None, 10
+    class LatentBenchAdapter(DDPMAdapter):
+        """The Adapter contract over a ``UNet2DConditionModel`` for timing only: class c ↦ a fixed random
+        77×``cross_attention_dim`` text embedding (the text encoder is frozen in EraseDiff's SD setting and runs
+        outside the step). Everything but ``predict`` is :class:`~fastunlearn.models.ddpm.DDPMAdapter`'s own
+        (``noised_batch`` with ``rows=``, ``parameters``, ``state_dict``...), so it follows the contract as it
+        changes."""
 
-    def __init__(self, unet, scheduler, device):
-        self.unet, self.scheduler = unet, scheduler
-        g = torch.Generator().manual_seed(0)
-        self.prompts = torch.randn(self.num_classes, 77, 768, generator=g).to(device)
-        self._ab = scheduler.alphas_cumprod.to(device, torch.float32)
+        num_class_embeds, null_label = 10, None  # ten "prompts", no null prompt
 
-    @property
-    def device(self):
-        return next(self.unet.parameters()).device
+        def __init__(self, unet, scheduler, device):  # noqa: D107 — DDPMAdapter.__init__ wants a UNet2DModel
+            self.unet, self.scheduler = unet, scheduler
+            g = torch.Generator().manual_seed(0)
+            self.prompts = torch.randn(self.num_class_embeds, 77, int(unet.config.cross_attention_dim),
+                                       generator=g).to(device)
+            alphas = scheduler.alphas_cumprod.detach().to(torch.float32)
+            self._sqrt_ab, self._sqrt_1mab = alphas.sqrt(), (1.0 - alphas).sqrt()
 
-    def parameters(self, scope="all"):
-        return list(self.unet.parameters())
+        def predict(self, x_t, t, labels=None):
+            return self.unet(x_t, t, encoder_hidden_states=self.prompts[labels]).sample
 
-    def noised_batch(self, x0, labels, generator, noise=None):
-        from fastunlearn.models.ddpm import NoisedBatch
-
-        n, dev = x0.shape[0], self.device
-        t = torch.randint(0, 1000, (n,), generator=generator).to(dev)
-        noise = (noise if noise is not None else torch.randn(x0.shape, generator=generator)).to(dev)
-        a = self._ab[t].view(n, 1, 1, 1)
-        return NoisedBatch(a.sqrt() * x0.to(dev) + (1 - a).sqrt() * noise, t, noise, labels.to(dev))
-
-    def predict(self, x_t, t, labels=None):
-        return self.unet(x_t, t, encoder_hidden_states=self.prompts[labels]).sample
+    return LatentBenchAdapter
 
 
-def build(model: str, device: torch.device):
-    """(adapter, retained classes, images [N,C,H,W] in [-1,1], labels [N]) for one benchmark model."""
+def build(model: str, device: torch.device, smoke: bool = False):
+    """(adapter, retained classes, images [N,C,H,W] in [-1,1], labels [N]) for one benchmark model
+    (``smoke``: cifar10 and sd through their own code paths at a tiny size; digits is small as it is)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
     from fastunlearn.models.ddpm import DDPMAdapter, load_adapter
@@ -149,15 +154,16 @@ def build(model: str, device: torch.device):
         adapter = load_adapter("zoo:digits-ddpm").to(device)
         data = load_digits_split("train")
         images, labels = data.images, data.labels
-    elif model in ("cifar10", "tiny"):
-        unet = UNet2DModel(**(CIFAR10_CONFIG if model == "cifar10" else TINY_CONFIG))
+    elif model == "cifar10":
+        unet = UNet2DModel(**(TINY_CONFIG if smoke else CIFAR10_CONFIG))
         adapter = DDPMAdapter(unet, sched, null_label=10).to(device)
         c, h, w = adapter.image_shape
         images, labels = torch.rand(2048, c, h, w) * 2 - 1, torch.arange(2048) % 10  # random data: timing only
     elif model == "sd":
-        unet = UNet2DConditionModel(**SD_CONFIG).to(device)
-        adapter = LatentBenchAdapter(unet, sched, device)
-        images, labels = torch.randn(512, 4, 64, 64), torch.arange(512) % 10
+        unet = UNet2DConditionModel(**(TINY_SD_CONFIG if smoke else SD_CONFIG)).to(device)
+        adapter = _latent_adapter_class()(unet, sched, device)
+        size = int(unet.config.sample_size)
+        images, labels = torch.randn(512, 4, size, size), torch.arange(512) % 10
     else:
         raise SystemExit(f"unknown model {model!r}; expected digits, cifar10, sd")
     adapter.unet.train()
@@ -184,30 +190,40 @@ class Sides:
 
 
 def default_names(device: torch.device) -> tuple[str, ...]:
-    """The rows: the library's default step, on CPU the same in the other precision, single-forward, reference."""
-    names = ("fastunlearn", "fastunlearn-single-forward", "reference")
-    if device.type != "cpu":
-        return names
-    other = "fp32" if resolve_fast_path(UnlearnConfig(), device).precision == "bf16" else "bf16"
-    return names[:1] + (f"fastunlearn-{other}",) + names[1:]
+    """The rows, the same-precision comparison first: the library's step in fp32 without torch.compile
+    (``fastunlearn-fp32``; on a CPU whose default already is fp32: ``fastunlearn`` itself, and
+    ``fastunlearn-bf16`` after it), the device's default fast path (``fastunlearn``), single-forward, then the
+    references: the authors' default (amortised, then its bare outer step) and their adaptive branch."""
+    default = resolve_fast_path(UnlearnConfig(), device)
+    plain = default.precision == "fp32" and not default.compile
+    lib = ("fastunlearn", "fastunlearn-bf16") if plain else ("fastunlearn-fp32", "fastunlearn")
+    return lib + ("fastunlearn-single-forward", "reference-default", "reference-default-outer", "reference-adaptive")
 
 
 def fast_path_of(name: str, device: torch.device) -> FastPath:
-    """The engine's fast path a row runs: the device default (what ``fastunlearn run`` uses), or the
-    precision its name ends with."""
-    precision = name.rsplit("-", 1)[-1] if name.endswith(("-bf16", "-fp32")) else "auto"
+    """The engine's fast path a row runs: the device default (what ``fastunlearn run`` uses), or for a name
+    ending in ``-fp32`` fp32 *without* torch.compile (so on CUDA it separates the algorithm from bf16 and
+    compilation; channels-last, fused Adam and SDPA stay as the device default has them), ``-bf16`` bf16."""
+    if name.endswith("-fp32"):
+        return resolve_fast_path(UnlearnConfig(precision="fp32", compile=False), device)
+    precision = "bf16" if name.endswith("-bf16") else "auto"
     return resolve_fast_path(UnlearnConfig(precision=precision), device)
+
+
+def run_options() -> dict:
+    """EraseDiff's options exactly as ``fastunlearn run`` resolves them for the default job."""
+    return dict(UnlearnConfig(method="erasediff").resolved().options)
 
 
 def library_step(adapter, retained, sides: Sides, fast: FastPath, single_forward: bool = False,
                  options: dict | None = None, lr: float = LR):
     """(step(i), method) — the library's EraseDiff step on a deep copy of the model under ``fast`` (``options``:
-    EraseDiff options; default the cosine rule at η 0.5, the rule the reference implements)."""
+    EraseDiff options; default: the default job's, as ``fastunlearn run`` resolves them)."""
     a = copy.copy(adapter)
     a.unet = copy.deepcopy(adapter.unet)
     prepare_model(a, a.device, fast)
     m = methods.get("erasediff")()
-    options = {"lambda_rule": "cosine", "eta": ETA} if options is None else options
+    options = run_options() if options is None else options
     opts = methods.parse_options("erasediff", {**options, "single_forward": single_forward})
     m.setup(a, methods.MethodConfig(lr=lr, options=opts, forget_classes=(FORGET_CLASS,),
                                     retain_classes=tuple(retained), fused_optimizer=fast.fused_optimizer))
@@ -220,21 +236,63 @@ def library_step(adapter, retained, sides: Sides, fast: FastPath, single_forward
     return run, m
 
 
-def make_impls(adapter, retained, sides: Sides, names=("fastunlearn", "fastunlearn-single-forward", "reference"),
-               options: dict | None = None):
-    """({name: step(i)}, {name: method object}) — each implementation on its own deep copy of the model."""
+def _predict_for(adapter, unet):
+    """The reference's forward ``(x_t, t, y) -> ε`` on its own copy ``unet`` of the model."""
+    if hasattr(adapter, "prompts"):  # the latent (SD-sized) adapter: class ↦ its prompt embedding
+        return lambda x, t, y: unet(x, t, encoder_hidden_states=adapter.prompts[y]).sample
+    return None
+
+
+def _timed(fn, device) -> float:
+    return measure(fn, device, reps=1, warmup=0)["median_ms"]
+
+
+def default_reference(adapter, retained, sides: Sides, model: str):
+    """(step(i) -> {"amortised", "outer"} ms, the reference object, its schedule): the authors' default code path.
+
+    Per call i: save θ, ONE inner step (the forget rows of draw i), restore θ, the outer step (draw i), each timed
+    on its own; ``amortised = outer + r · inner + (save + restore) / n_outer`` with r and n_outer from
+    :func:`reference_erasediff.authors_schedule` for the model's forget-set size at this batch (module docstring
+    of ``reference_erasediff``). The model's state evolves as in their loop (Adam's moments advanced by the inner
+    step, θ restored), one inner step per outer step instead of r."""
+    unet = copy.deepcopy(getattr(adapter.unet, "_orig_mod", adapter.unet))
+    n_f = FORGET_SET_SIZE.get(model, len(sides.f_idx))
+    ref = ReferenceEraseDiffDefault().setup(unet, adapter.scheduler, retained, batch=sides.batch, lr=LR, lam=0.1,
+                                            ema_decay=0.99, predict=_predict_for(adapter, unet))
+    dev = ref.device
+
+    def step(i):
+        fx, fy, rx, ry, gen = sides.draw(i)
+        sched = authors_schedule(n_f, sides.batch)
+        t_save = _timed(ref.save_params, dev)
+        t_inner = _timed(lambda: ref.inner_step(fx, fy, gen), dev)
+        t_restore = _timed(ref.restore_params, dev)
+        t_outer = _timed(lambda: ref.outer_step(fx, fy, rx, ry, gen), dev)
+        return {"outer": t_outer, "inner": t_inner, "round": t_save + t_restore,
+                "amortised": t_outer + sched["inner_per_outer"] * t_inner + (t_save + t_restore) / sched["outer_per_round"]}
+
+    step.composite = True
+    step.outer_only = lambda i: ref.outer_step(*sides.draw(i))
+    return step, ref, (lambda: authors_schedule(n_f, sides.batch))
+
+
+def make_impls(adapter, retained, sides: Sides, names=None, options: dict | None = None, model: str = "digits"):
+    """({name: step(i)}, {name: method object}) — each implementation on its own deep copy of the model.
+    ``reference-default`` is a composite step (see :func:`default_reference`) that also yields the
+    ``reference-default-outer`` row."""
+    names = default_names(adapter.device) if names is None else names
     impls, objs = {}, {}
     for name in [n for n in names if n.startswith("fastunlearn")]:
         impls[name], objs[name] = library_step(adapter, retained, sides, fast_path_of(name, adapter.device),
                                                single_forward=name.endswith("single-forward"), options=options)
-    if "reference" not in names:
-        return impls, objs
-    ref_unet = copy.deepcopy(adapter.unet)
-    ref = ReferenceEraseDiff().setup(
-        ref_unet, adapter.scheduler, retained, lr=LR, eta=ETA, ema_decay=methods.parse_options("erasediff", {}).ema_decay,
-        predict=(None if not isinstance(adapter, LatentBenchAdapter)
-                 else lambda x, t, y: ref_unet(x, t, encoder_hidden_states=adapter.prompts[y]).sample))
-    impls["reference"], objs["reference"] = (lambda i: ref.step(*sides.draw(i))), ref
+    if "reference-default" in names:
+        impls["reference-default"], objs["reference-default"], objs["schedule"] = default_reference(
+            adapter, retained, sides, model)
+    if "reference-adaptive" in names:
+        ref_unet = copy.deepcopy(getattr(adapter.unet, "_orig_mod", adapter.unet))
+        ref = ReferenceEraseDiffAdaptive().setup(ref_unet, adapter.scheduler, retained, lr=LR, eta=ETA, ema_decay=0.99,
+                                                 predict=_predict_for(adapter, ref_unet))
+        impls["reference-adaptive"], objs["reference-adaptive"] = (lambda i: ref.step(*sides.draw(i))), ref
     return impls, objs
 
 
@@ -314,33 +372,74 @@ def fused_share(fn, device) -> float:
 
 
 # ---------------------------------------------------------------------- main
+def _note(name: str, device: torch.device, sched: dict | None) -> str:
+    if name == "reference-default":
+        return (f"fp32; amortised: outer + {sched['inner_per_outer']:.2f} x inner + (save+restore)/{sched['outer_per_round']}"
+                f" (n_f {sched['n_forget']}: {sched['inner_steps_per_round']} inner / {sched['outer_per_round']} outer per round)")
+    if name == "reference-default-outer":
+        return "fp32; the outer step alone (no share of the inner passes)"
+    if name == "reference-adaptive":
+        return "fp32; adaptive-lambda branch, K=2 inner steps in every outer step"
+    if name == "default":
+        return "the device's default fast path"
+    fast = fast_path_of(name, device) if name.startswith("fastunlearn") else None
+    if fast is None:
+        return ""
+    parts = [fast.precision + (" autocast" if fast.precision == "bf16" else "")]
+    parts += ["compile" if fast.compile else "no compile"] + (["channels-last"] if fast.channels_last else []) \
+        + (["fused Adam"] if fast.fused_optimizer else [])
+    return ", ".join(parts) + ("; one forward of [forget; retain]" if name.endswith("single-forward") else "")
+
+
 def bench_case(model, batch, adapter, retained, images, labels, device, steps, warmup, profile_ops=True,
                impls=None):
     sides = Sides(images, labels, batch)
+    objs = {}
     if impls is None:
-        impls, _ = make_impls(adapter, retained, sides, names=default_names(device))
+        impls, objs = make_impls(adapter, retained, sides, model=model)
     else:
         impls = {name: make(sides) for name, make in impls.items()}
-    times = {n: [] for n in impls}
+    names = []
+    for n, fn in impls.items():
+        names += [n, n + "-outer"] if getattr(fn, "composite", False) else [n]
+    times = {n: [] for n in names}
     # Warm-up rounds exist to pay one-time costs (Adam state, lazy inits, the extension load); on CPU the big
     # models pay them on a 2-row batch, since a full-size warm-up round of the reference costs minutes there.
-    small_warmup = device.type == "cpu" and model in ("cifar10", "sd")
+    small_warmup = device.type == "cpu" and model in ("cifar10", "sd") and steps > 1
     i = 0
     for r in range(warmup + steps):
         sides.batch = min(batch, 2) if (r < warmup and small_warmup) else batch
         for name, fn in impls.items():  # interleaved rounds: shared-machine load hits every impl alike
-            t = measure(lambda: fn(i), device, reps=1, warmup=0)["median_ms"]
-            if r >= warmup:
-                times[name].append(t)
-            print(f"  {model} B={sides.batch} round {r + 1}/{warmup + steps} {name}: {t / 1e3:.2f} s", flush=True)
+            if getattr(fn, "composite", False):
+                parts = fn(i)
+                got = {name: parts["amortised"], name + "-outer": parts["outer"]}
+                extra = f" (outer {parts['outer'] / 1e3:.2f} s, inner {parts['inner'] / 1e3:.2f} s)"
+            else:
+                got, extra = {name: measure(lambda: fn(i), device, reps=1, warmup=0)["median_ms"]}, ""
+            for n, t in got.items():
+                if r >= warmup:
+                    times[n].append(t)
+            print(f"  {model} B={sides.batch} round {r + 1}/{warmup + steps} {name}: {got[name] / 1e3:.2f} s{extra}", flush=True)
         i += 1
     sides.batch = batch
+    sched = objs["schedule"]() if "schedule" in objs else None
+    if sched:
+        import gc
+
+        t_gc = _timed(gc.collect, device)
+        print(f"  {model} B={batch}: one gc.collect() here (the references call it after every step): {t_gc:.0f} ms "
+              f"over {len(gc.get_objects())} tracked objects", flush=True)
+        print(f"  {model} B={batch}: the authors' schedule for n_f={sched['n_forget']}: {sched['inner_steps_per_round']} "
+              f"inner steps ({sched['inner_full_per_round']:.2f} full-batch) and {sched['outer_per_round']} outer steps per "
+              f"round -> amortised outer step = outer + {sched['inner_per_outer']:.3f} x inner + "
+              f"(save+restore)/{sched['outer_per_round']}", flush=True)
     rows = []
-    for name, fn in impls.items():
+    for name in names:
+        fn = impls.get(name) or impls[name[:-len("-outer")]].outer_only
         # One extra untimed step per impl: the memory probe, and for the fastunlearn rows the profiler too
         # (op-level recording barely moves the peak; sharing the step saves a full step of the big models).
         share = None
-        if profile_ops and name != "reference":
+        if profile_ops and name.startswith("fastunlearn"):
             out = {}
             mem = peak_memory_mb(lambda: out.setdefault("share", fused_share(lambda: fn(i), device)), device)
             share = out["share"]
@@ -348,13 +447,23 @@ def bench_case(model, batch, adapter, retained, images, labels, device, steps, w
             mem = peak_memory_mb(lambda: fn(i), device)
         ts = sorted(times[name])
         q = statistics.quantiles(ts, n=5) if len(ts) >= 2 else [ts[0]] * 4
+        fast = fast_path_of(name, device) if name.startswith("fastunlearn") else None
         rows.append({"model": model, "params_M": round(sum(p.numel() for p in adapter.unet.parameters()) / 1e6, 2),
-                     "impl": name, "batch": batch, "steps": len(ts), "median_ms": round(statistics.median(ts), 1),
+                     "impl": name, "precision": fast.precision if fast else ("fp32" if name.startswith("reference") else ""),
+                     "batch": batch, "steps": len(ts), "median_ms": round(statistics.median(ts), 1),
                      "p20_ms": round(q[0], 1), "p80_ms": round(q[3], 1), "peak_mem_MB": round(mem, 1),
                      "fused_ops_pct": "" if share is None else round(share, 2)})
-    base = next(r for r in rows if r["impl"] in ("reference", "default"))["median_ms"]
+    if "default" in impls:  # --ablation: the ratio is the default fast path's median ÷ this variant's
+        base = next(r for r in rows if r["impl"] == "default")["median_ms"]
+        for r in rows:
+            del r["precision"]
+            r["speedup_vs_ref"] = round(base / r["median_ms"], 2)
+        return rows
+    medians = {r["impl"]: r["median_ms"] for r in rows}
     for r in rows:
-        r["speedup_vs_ref"] = round(base / r["median_ms"], 2)
+        for col, ref in (("speedup_vs_default", "reference-default"), ("speedup_vs_adaptive", "reference-adaptive")):
+            r[col] = round(medians[ref] / r["median_ms"], 2) if ref in medians else ""
+        r["note"] = _note(r["impl"], device, sched)
     return rows
 
 
@@ -385,8 +494,9 @@ def plot(rows, path: Path) -> None:
     models = sorted({r["model"] for r in rows})
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for impl, style in (("reference", "o-"), ("fastunlearn", "s-"), ("fastunlearn-bf16", "s:"), ("fastunlearn-fp32", "s:"),
-                            ("fastunlearn-single-forward", "^--"), ("fastunlearn-2pass", "^--")):
+        for impl, style in (("reference-default", "o-"), ("reference-default-outer", "o:"), ("reference-adaptive", "o--"),
+                            ("fastunlearn-fp32", "s-"), ("fastunlearn", "s:"), ("fastunlearn-bf16", "s:"),
+                            ("fastunlearn-single-forward", "^--")):
             pts = sorted((r["batch"], r["median_ms"] / 1e3) for r in rows if r["model"] == model and r["impl"] == impl)
             if pts:
                 ax.plot(*zip(*pts), style, label=impl)
@@ -422,7 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablation", action="store_true",
                     help="time the library step with each fast-path switch flipped from the device default "
                          "(rows appended to benchmarks/results/fastpath.csv)")
-    ap.add_argument("--smoke", action="store_true", help="tiny model, batch 2, 1 step, nothing written")
+    ap.add_argument("--smoke", action="store_true",
+                    help="every model's code path at a tiny size (digits as it is; cifar10 and sd shrunk, sd on CPU "
+                         "too), batch 2, 1 step, nothing written")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -435,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         # per process gives stable medians (and matches the issue's "one core" figures).
         torch.set_num_threads(args.threads or 1)
     models = (args.models or ("digits,cifar10" if cpu else "digits,cifar10,sd")).split(",")
-    if cpu and "sd" in models:
+    if cpu and "sd" in models and not args.smoke:
         print("skipping sd: the SD-1.x-sized UNet is benchmarked on CUDA only")
         models = [m for m in models if m != "sd"]
     per_model = {"digits": [16, 64], "cifar10": [16], "sd": [4, 8, 16]} if cpu else \
@@ -450,14 +562,15 @@ def main(argv: list[str] | None = None) -> int:
     steps_default = {"digits": 10, "cifar10": 5, "sd": 5} if cpu else {"digits": 20, "cifar10": 20, "sd": 10}
     warmup = args.warmup if args.warmup is not None else (1 if cpu else 3)
     if args.smoke:
-        models, per_model, warmup = ["tiny"], {"tiny": [2]}, 0
+        models = args.models.split(",") if args.models else ["digits", "cifar10", "sd"]
+        per_model, warmup = {m: [2] for m in models}, 0
 
     env = environment(device)
     print(f"{env['device']} | torch {env['torch']} | commit {env['commit']} | "
           f"fast path {resolve_fast_path(UnlearnConfig(), device).as_dict()}", flush=True)
     rows = []
     for model in models:
-        adapter, retained, images, labels = build(model, device)
+        adapter, retained, images, labels = build(model, device, smoke=args.smoke)
         for batch in per_model[model]:
             steps = 1 if args.smoke else (args.steps or steps_default[model])
             impls = ablation_impls(adapter, retained, device, args.smoke) if args.ablation else None
@@ -474,9 +587,11 @@ def main(argv: list[str] | None = None) -> int:
             append_csv(path, rows)
             print(f"appended {len(rows)} rows to {path}")
         return 0
-    cols = ["model", "params_M", "batch", "impl", "steps", "median_ms", "p20_ms", "p80_ms", "speedup_vs_ref",
-            "peak_mem_MB", "fused_ops_pct"]
+    cols = ["model", "params_M", "batch", "impl", "precision", "steps", "median_ms", "p20_ms", "p80_ms",
+            "speedup_vs_default", "speedup_vs_adaptive", "peak_mem_MB", "fused_ops_pct"]
     print_table(rows, cols)
+    print("speedup_vs_default = reference-default's amortised median ÷ this median (the authors' default code path, "
+          "fp32: compare the fp32 rows for the algorithm alone); speedup_vs_adaptive = reference-adaptive's ÷ this")
     if not args.smoke:
         if args.csv:
             append_csv(Path(args.csv), rows)
