@@ -125,7 +125,7 @@ class SelectiveAmnesia(GradientMethod):
         self.replay_images, self.replay_labels = samples[keep], classes[keep]
         self.fisher = self._fisher(samples, classes, gen)
         adapter.unet.train(was_training)
-        self.theta_star = torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
+        self.theta_star = self.flat.gather([p.detach() for p in self.params])  # the buffer's memory order
         self.setup_seconds = time.perf_counter() - started
 
     @staticmethod
@@ -140,7 +140,7 @@ class SelectiveAmnesia(GradientMethod):
         by_id = {id(p): n for n, p in module.named_parameters()}
         names = [by_id[id(p)] for p in self.params]
         sums = per_sample_sq_grads(module, names, nb.x_t, nb.t, nb.labels, nb.noise, self.opts.fisher_chunk)
-        return torch.cat([s.reshape(-1) for s in sums]).div_(images.shape[0]).to(self.flat.dtype)
+        return self.flat.gather(sums).div_(images.shape[0])
 
     def step(self, forget_batch: Batch, retain_batch: Batch) -> dict[str, torch.Tensor]:
         a, opts, gen = self.adapter, self.opts, forget_batch.generator
@@ -159,7 +159,7 @@ class SelectiveAmnesia(GradientMethod):
         self.backward(loss_f + opts.gamma * loss_r)
         # EWC: ∇ λ Σ F (θ−θ*)² = 2λ F ⊙ (θ−θ*), added in closed form to the flat gradient.
         with torch.no_grad():
-            delta = torch.cat([p.detach().reshape(-1) for p in self.params]).sub_(self.theta_star)
+            delta = self.flat.gather([p.detach() for p in self.params]).sub_(self.theta_star)
             weighted = delta * self.fisher  # F ⊙ (θ−θ*)
             ewc = torch.dot(weighted, delta)  # Σ F (θ−θ*)²
             self.flat.buffer.add_(weighted, alpha=2.0 * opts.lam)

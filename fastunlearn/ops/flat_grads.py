@@ -3,10 +3,18 @@
 With the gradients in one flat tensor, "all parameters" is a single tensor for the fused ops:
 :func:`bilevel_combine` reduces and updates it in two passes instead of looping over hundreds of
 parameter tensors, and the optimizer reads the combined gradient in place through ``param.grad``.
+
+Each gradient view has its parameter's strides, not necessarily contiguous ones: a channels-last conv
+weight gets a channels-last gradient over its chunk of the buffer (its memory is still a dense block of
+``numel`` elements). Fused Adam walks a parameter and its gradient as raw memory (CUDA's checks that they
+share sizes and strides; the CPU one does not check and would update permuted elements), and autograd then
+accumulates into the gradient without a layout-mismatch copy. So the buffer holds each parameter's gradient
+in that parameter's memory order; tensors combined with it elementwise must be laid out the same way —
+:meth:`FlatGrads.gather` does that.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -32,6 +40,13 @@ def _wrap_like(view: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
                               shape=param.shape, stride=param.stride())
 
 
+def dense_strides(t: torch.Tensor) -> tuple[int, ...]:
+    """The strides of a dense tensor laid out like ``t``: ``t.stride()`` when ``t`` is dense and
+    non-overlapping (contiguous, channels-last, any permutation), else those of ``torch.empty_like(t)``
+    (dense, in ``t``'s dimension order)."""
+    return torch.empty_like(t, device="meta").stride()
+
+
 class FlatGrads:
     """Owns flat gradient buffers for a fixed list of parameters and binds ``param.grad`` to one of them.
 
@@ -40,12 +55,15 @@ class FlatGrads:
     >>> flat.bind(flat.buffer); loss_r.backward()                       # ∇L_r lands in flat.buffer
     >>> bilevel_combine(flat.buffer, g_f, out=flat.buffer); opt.step()  # optimizer sees g_r + λ g_f
 
-    Autograd accumulates into an existing ``.grad`` in place, so views stay views across backward
-    passes; :meth:`check_bound` verifies that no caller replaced them.
+    Each ``param.grad`` is a view of the parameter's chunk of the buffer with the parameter's own strides
+    (see the module docstring), so the buffer is in the parameters' memory order. Autograd accumulates into
+    an existing ``.grad`` in place, so views stay views across backward passes; :meth:`check_bound`
+    verifies that no caller replaced them.
 
     Sharded parameters (``DTensor``, as FSDP2's ``fully_shard`` makes them): the buffer lays out this
-    process's local shards, and each ``param.grad`` is a ``DTensor`` over a view of it — FSDP2 adds its
-    reduce-scattered gradient into an existing ``grad``'s local tensor, so it lands in the buffer.
+    process's local shards, and each ``param.grad`` is a ``DTensor`` over a view of it (with the local
+    shard's strides) — FSDP2 adds its reduce-scattered gradient into an existing ``grad``'s local tensor,
+    so it lands in the buffer.
     """
 
     def __init__(self, params: Iterable[torch.nn.Parameter]):
@@ -59,6 +77,8 @@ class FlatGrads:
         self.dtype, self.device = dtypes.pop(), devices.pop()
         self.numels = [_local(p).numel() for p in self.params]
         self.numel = sum(self.numels)
+        #: each gradient view's (local) shape and strides: the parameter's own when it is dense
+        self.layouts = [(tuple(_local(p).shape), dense_strides(_local(p))) for p in self.params]
         self.buffer = self.new_buffer()
         self.bind(self.buffer)
 
@@ -67,10 +87,11 @@ class FlatGrads:
         return torch.zeros(self.numel, dtype=self.dtype, device=self.device)
 
     def views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
-        """Per-parameter views of ``buffer`` (no copies)."""
+        """Per-parameter views of ``buffer`` (no copies), each with its parameter's shape and strides."""
         if buffer.numel() != self.numel or buffer.dim() != 1:
             raise ValueError(f"FlatGrads: expected a 1-D buffer of {self.numel} elements, got {tuple(buffer.shape)}")
-        return [_wrap_like(chunk.view(_local(p).shape), p) for chunk, p in zip(buffer.split(self.numels), self.params)]
+        return [_wrap_like(torch.as_strided(chunk, shape, stride), p)
+                for chunk, (shape, stride), p in zip(buffer.split(self.numels), self.layouts, self.params)]
 
     def bind(self, buffer: torch.Tensor) -> None:
         """Make every ``param.grad`` a view into ``buffer`` (so backward accumulates into it)."""
@@ -78,24 +99,28 @@ class FlatGrads:
             p.grad = v
         self._bound = buffer
 
-    def zero_(self, buffer: torch.Tensor | None = None) -> None:
-        (self._bound if buffer is None else buffer).zero_()
+    def gather(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """A new flat tensor holding ``tensors`` (one per parameter, each of its shape) laid out like the
+        gradient buffers — what a per-parameter quantity must be to combine elementwise with them
+        (``torch.cat([t.reshape(-1) ...])`` is the row-major order, which differs for channels-last)."""
+        out = self.new_buffer()
+        if len(tensors) != len(self.params):
+            raise ValueError(f"FlatGrads.gather: expected {len(self.params)} tensors, got {len(tensors)}")
+        for v, t in zip(self.views(out), tensors):
+            _local(v).copy_(_local(t))
+        return out
 
     def check_bound(self) -> bool:
-        """True while every ``param.grad`` still points into the bound buffer."""
-        start = self._bound.data_ptr()
-        item = self._bound.element_size()
-        offset = 0
-        for p, n in zip(self.params, self.numels):
-            if p.grad is None or _local(p.grad).data_ptr() != start + offset * item:
+        """True while every ``param.grad`` is still its view of the bound buffer: same memory, at its offset,
+        with the parameter's shape and strides."""
+        storage = self._bound.untyped_storage().data_ptr()
+        offset = self._bound.storage_offset()
+        for p, n, layout in zip(self.params, self.numels, self.layouts):
+            if p.grad is None:
+                return False
+            g, local = _local(p.grad), _local(p)
+            if (g.untyped_storage().data_ptr() != storage or g.storage_offset() != offset
+                    or (tuple(g.shape), g.stride()) != layout or (tuple(local.shape), dense_strides(local)) != layout):
                 return False
             offset += n
         return True
-
-    def copy_from_grads(self, buffer: torch.Tensor) -> None:
-        """Gather the parameters' current ``.grad`` (wherever they live) into ``buffer``."""
-        for p, v in zip(self.params, self.views(buffer)):
-            if p.grad is None:
-                v.zero_()
-            elif _local(p.grad).data_ptr() != _local(v).data_ptr():
-                _local(v).copy_(_local(p.grad))
