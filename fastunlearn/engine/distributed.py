@@ -40,6 +40,9 @@ from typing import Any, Mapping
 import torch
 
 from fastunlearn.errors import UserInputError
+from fastunlearn.methods import sync as _sync
+from fastunlearn.methods.sync import IDENTITY  # noqa: F401  (re-exported: the one-process sync)
+from fastunlearn.methods.sync import Done as _Done
 from fastunlearn.ops.flat_grads import is_dtensor
 
 SHARDINGS = ("ddp", "fsdp")
@@ -47,11 +50,6 @@ SHARDINGS = ("ddp", "fsdp")
 #: Process 0 evaluates alone (before and after training) while the others wait at a barrier: allow for a
 #: slow evaluation rather than the 10-minute NCCL default.
 TIMEOUT = timedelta(hours=2)
-
-
-class _Done:
-    def wait(self) -> None:
-        return None
 
 
 class _PendingAverage:
@@ -65,8 +63,8 @@ class _PendingAverage:
         self.buffer.div_(self.world_size)
 
 
-class GradientSync:
-    """What a method does with its flat gradient buffers across processes — the one distributed face it sees.
+class GradientSync(_sync.GradientSync):
+    """The methods' gradient-sync interface (:class:`fastunlearn.methods.sync.GradientSync`) for many processes.
 
     - ``sync(buf)`` (or ``pending = sync.start(buf)`` … ``pending.wait()``, to overlap the all-reduce with
       other work), right after the buffer's backward pass: makes it the global-batch mean gradient. DDP
@@ -116,10 +114,6 @@ class GradientSync:
         if not self.sharded:
             return buffer.norm()
         return self.sum_partials(buffer.float().pow(2).sum().reshape(1))[0].sqrt().to(buffer.dtype)
-
-
-#: The gradient sync of a one-process run.
-IDENTITY = GradientSync(1)
 
 
 def unshard_state(obj: Any) -> Any:

@@ -57,8 +57,8 @@ class MethodConfig:
     #: use torch's fused Adam (resolved per device by the engine's fast path); it also lets a non-finite
     #: step be skipped on the device (``found_inf``)
     fused_optimizer: bool = False
-    #: the engine's gradient sync (:class:`fastunlearn.engine.distributed.GradientSync`): makes a flat
-    #: gradient buffer the global-batch gradient in a multi-process run; None: one process
+    #: the gradient sync (the interface :class:`fastunlearn.methods.sync.GradientSync`, implemented by the engine
+    #: for many processes): makes a flat gradient buffer the global-batch gradient; None: one process
     grad_sync: Any = None
 
 
@@ -144,7 +144,9 @@ def parse_options(method: str, options: Mapping[str, Any] | None) -> Any:
     """A validated ``Options`` instance of ``method`` from a flat mapping of user-given values.
 
     Unknown keys raise a :class:`UserInputError` listing the method's options; values are converted to
-    the default's type; the dataclass's ``validate()`` (if any) checks ranges and choices.
+    the default's type (an option whose declared default is None, meaning "the method's default", takes the
+    type of the value its ``__post_init__`` fills in); the dataclass's ``validate()`` (if any) checks ranges and
+    choices.
     """
     cls = get(method).Options
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -153,6 +155,9 @@ def parse_options(method: str, options: Mapping[str, Any] | None) -> Any:
     for key, value in (options or {}).items():
         if key not in fields:
             raise UserInputError(f"unknown option {key!r} for method {method!r}; its options: {', '.join(fields)}")
+        if value is None and fields[key].default is None:  # None: "the method's default", filled in by cls
+            values[key] = None
+            continue
         values[key] = _coerce(value, getattr(defaults, key), key, method)
     parsed = cls(**values)
     validate = getattr(parsed, "validate", None)

@@ -4,9 +4,11 @@
 
 - retain (outer) loss  L_r(θ) = E_{D_r,t,ε} ‖ε − ε_θ(x_t, t, c)‖²;
 - forget (inner) loss  L_f(θ) = E_{D_f,t} ‖ε_f − ε_θ(x_t, t, c_f)‖², with the target ε_f
-  ``pseudo_label`` (default, the authors' current code): ε_f = sg(ε_θ(x_t, t, c′)), c′ drawn per sample from
+  ``pseudo_label`` (the authors' current code): ε_f = sg(ε_θ(x_t, t, c′)), c′ drawn per sample from
   the retained classes; ``uniform`` (the paper's first variant): u ~ U[0,1) noises the forget image,
-  x_t = √ᾱ_t x₀ + √(1−ᾱ_t) u, and is the target.
+  x_t = √ᾱ_t x₀ + √(1−ᾱ_t) u, and is the target. The default, ``auto``, is ``pseudo_label`` on a
+  class-conditional model and ``uniform`` on an unconditional one (no class embedding: no label to borrow);
+  the run records the target it resolved to.
 
 Solved first-order (BOME, Liu et al., NeurIPS 2022). θ is both the outer and the inner variable, so
 min_φ L_f(φ) is a constant and ∇q = ∇L_f; the update is θ ← Adam(∇L_r + λ ∇L_f) with, per ``lambda_rule``:
@@ -14,6 +16,9 @@ min_φ L_f(φ) is a constant and ∇q = ∇L_f; the update is θ ← Adam(∇L_r
 - ``bome``   λ = max(0, η − ⟨∇L_r, ∇L_f⟩ / ‖∇L_f‖²)   (the paper; default)
 - ``cosine`` λ = max(0, η − cos(∇L_r, ∇L_f))          (the authors' adaptive code)
 - ``fixed``  λ = η                                     (the authors' default, η = 0.1)
+
+η defaults to the rule's own value, :data:`DEFAULT_ETA` (0.5 under bome and cosine, 0.1 under fixed), filled
+in by :class:`EraseDiffOptions` when ``eta`` is not given: the one place that default lives.
 
 One step = ∇L_f and ∇L_r into two flat gradient buffers → the fused :func:`fastunlearn.ops.bilevel_combine`
 in place → grad-clip → Adam reading ``param.grad`` views of the combined buffer. Under ``torchrun`` each
@@ -36,7 +41,7 @@ model's own prediction under a retained label and stops drawing the forgotten cl
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -47,18 +52,32 @@ from fastunlearn.methods.base import Batch, MethodConfig, register
 from fastunlearn.methods.gradient import GradientMethod
 from fastunlearn.ops import bilevel_combine, dual_noise_loss
 
-TARGETS = ("pseudo_label", "uniform")
+TARGETS = ("auto", "pseudo_label", "uniform")
 LAMBDA_RULES = ("bome", "cosine", "fixed")
+#: η when none is given, per λ rule. bome/cosine: 0.5, measured on the shipped digits DDPM (see
+#: :meth:`EraseDiff.defaults`); fixed: the authors' λ = 0.1 (their ``--lambda_bome``).
+DEFAULT_ETA = {"bome": 0.5, "cosine": 0.5, "fixed": 0.1}
+
+
+def resolve_target(target: str, conditional: bool) -> str:
+    """The forget target ``auto`` stands for on a model: ``pseudo_label`` if it is class-conditional, else
+    ``uniform``; an explicit target is kept."""
+    if target != "auto":
+        return target
+    return "pseudo_label" if conditional else "uniform"
 
 
 @dataclass(frozen=True)
 class EraseDiffOptions:
     """EraseDiff's options (``fastunlearn run --option key=value`` or ``run(..., key=value)``)."""
 
-    target: str = "pseudo_label"  #: forget target: ``pseudo_label`` or ``uniform``
+    #: forget target: ``pseudo_label``, ``uniform`` or ``auto`` (pseudo_label on a class-conditional model,
+    #: uniform on an unconditional one; resolved by :meth:`EraseDiff.setup`)
+    target: str = "auto"
     lambda_rule: str = "bome"  #: λ rule: ``bome``, ``cosine`` or ``fixed``
-    #: η of the λ rule (the constant λ under ``fixed``). Run defaults: 0.5 under bome/cosine (EraseDiff.defaults)
-    eta: float = 0.1
+    #: η of the λ rule (the constant λ under ``fixed``); None: the rule's default, :data:`DEFAULT_ETA` (0.5 under
+    #: bome and cosine, 0.1 under fixed), filled in on construction
+    eta: float | None = None
     grad_clip: float = 1.0  #: max global norm of the combined gradient (≤ 0 disables)
     #: EMA of the weights (0 disables); the saved model is the EMA. The zoo model is itself an EMA, and raw
     #: Adam steps on it cost the retained classes ~1 point of accuracy more than their 0.95-EMA on digits.
@@ -68,6 +87,10 @@ class EraseDiffOptions:
     single_forward: bool = False  #: one forward of [forget; retain] + two backwards (slower on CPU; see above)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.eta is None and self.lambda_rule in DEFAULT_ETA:  # an unknown rule is validate()'s to report
+            object.__setattr__(self, "eta", DEFAULT_ETA[self.lambda_rule])
 
     def validate(self) -> None:
         if self.target not in TARGETS:
@@ -99,7 +122,8 @@ class EraseDiff(GradientMethod):
     def defaults(unconditional: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run defaults, measured on the shipped digits DDPM (figures in docs/architecture.md).
 
-        η = 0.5 under both adaptive rules (``fixed`` keeps the authors' λ = 0.1). BOME's
+        η is not here: :class:`EraseDiffOptions` fills in the rule's own, :data:`DEFAULT_ETA` — 0.5 under both
+        adaptive rules (``fixed`` keeps the authors' λ = 0.1); these measurements chose it. BOME's
         λ = η − ⟨∇L_r, ∇L_f⟩/‖∇L_f‖² starts near η + 0.45 here (the gradients conflict). Measured by
         benchmarks/bench_forgetting.py (4 row streams, mean): at η = 0.1 a step forgets much less than the
         authors' step, whose inner forget steps on the live optimizer leave Adam's moments leaning towards L_f
@@ -111,10 +135,7 @@ class EraseDiff(GradientMethod):
         (89% and 78% retain accuracy after 40 steps). Under the cosine rule λ = max(0, η − cos) stays near η
         because cos(∇L_r, ∇L_f) is close to 0, so η = 0.5 there too (η = 1.0 measured: docs/architecture.md).
         """
-        out: dict[str, Any] = {"steps": 150, "batch_size": 32, "lr": 1e-4}
-        if (options or {}).get("lambda_rule", "bome") in ("bome", "cosine"):
-            out["options"] = {"eta": 0.5}
-        return out
+        return {"steps": 150, "batch_size": 32, "lr": 1e-4}
 
     @staticmethod
     def fsdp_unsupported(options: EraseDiffOptions) -> str | None:
@@ -124,12 +145,15 @@ class EraseDiff(GradientMethod):
 
     def setup(self, adapter: Any, config: MethodConfig) -> None:
         opts: EraseDiffOptions = config.options
+        opts = dataclasses.replace(opts, target=resolve_target(opts.target, adapter.conditional))
+        config = dataclasses.replace(config, options=opts)
         self.adapter, self.opts, self.unconditional = adapter, opts, config.unconditional
         if opts.target == "pseudo_label":
             if not adapter.conditional:
                 raise UserInputError(
-                    "target 'pseudo_label' needs a class-conditional model; this model has no class embedding "
-                    "— use --option target=uniform"
+                    "target 'pseudo_label' needs a class-conditional model; this model has no class embedding. "
+                    "Pass --target uniform (--option target=uniform; run(..., target='uniform')), or leave "
+                    "target at its default, auto, which picks uniform for such a model"
                 )
             retained = [c for c in range(adapter.num_classes) if c not in set(config.forget_classes)]
             if config.retain_classes:
@@ -228,13 +252,12 @@ class EraseDiff(GradientMethod):
         θ is the just-updated live model, which is left untouched (the authors' code runs these steps on the
         live optimizer; METHODS.md explains why that is a side effect, not the algorithm).
         """
-        scratch = copy.deepcopy(getattr(self.adapter.unet, "_orig_mod", self.adapter.unet))
-        params = [p for p in scratch.parameters() if p.requires_grad]
+        scratch = self.adapter.scratch_copy()
+        params = scratch.parameters(self.config.scope)
         opt = torch.optim.Adam(params, lr=self.optimizer.param_groups[0]["lr"])
-        labels = f.labels if self.adapter.conditional else None
 
         def forget_loss() -> torch.Tensor:
-            pred = scratch(f.x_t, f.t, class_labels=labels).sample
+            pred = scratch.predict(f.x_t, f.t, f.labels)
             return dual_noise_loss(pred, target_f.to(pred.dtype), pred.shape[0])[0]
 
         with torch.no_grad():
@@ -247,4 +270,4 @@ class EraseDiff(GradientMethod):
             return (start - forget_loss()).detach()
 
 
-__all__ = ["EraseDiff", "EraseDiffOptions", "TARGETS", "LAMBDA_RULES"]
+__all__ = ["EraseDiff", "EraseDiffOptions", "TARGETS", "LAMBDA_RULES", "DEFAULT_ETA", "resolve_target"]

@@ -5,21 +5,27 @@ host read in a step. EraseDiff and the baselines (``finetune``, ``gradient_ascen
 ``selective_amnesia``) build on :class:`GradientMethod`.
 
 Many processes: the methods own no distribution logic. Each flat buffer goes, right after its backward
-pass, through the engine's ``grad_sync`` (:class:`fastunlearn.engine.distributed.GradientSync`, given in the
-:class:`MethodConfig`): the identity in one process; under ``torchrun`` DDP's all-reduce of the gradient,
-applied to the flat buffer as one bucket, so the buffer holds the global-batch mean gradient before anything
-reads it (the non-finite guard, clip, Adam, EraseDiff's λ). Under FSDP the buffer holds this process's
-shard of it, and the guard, the clip norm and λ come from partial sums the sync adds over the shards.
+pass, through the ``grad_sync`` of the :class:`MethodConfig` (the interface
+:class:`fastunlearn.methods.sync.GradientSync`, which the engine implements): the identity in one process;
+under ``torchrun`` DDP's all-reduce of the gradient, applied to the flat buffer as one bucket, so the buffer
+holds the global-batch mean gradient before anything reads it (the non-finite guard, clip, Adam, EraseDiff's
+λ). Under FSDP the buffer holds this process's shard of it, and the guard, the clip norm and λ come from
+partial sums the sync adds over the shards.
+
+Methods reach the model only through the adapter (``parameters``, ``noised_batch``, ``predict``,
+``scratch_copy``, ``functional_predict``, ``train``): never its modules or their call signatures, so the same
+method runs on every model family an adapter wraps.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import torch
 
-from fastunlearn.engine.distributed import IDENTITY
 from fastunlearn.errors import UserInputError
 from fastunlearn.methods.base import Batch, MethodConfig
+from fastunlearn.methods.sync import IDENTITY
 from fastunlearn.ops import FlatGrads
 
 
@@ -53,7 +59,7 @@ class GradientMethod:
     def setup_params(self, adapter: Any, config: MethodConfig) -> None:
         self.adapter, self.opts, self.config = adapter, config.options, config
         # Only the scope trains: frozen parameters must not accumulate gradients outside the flat buffer.
-        for p in adapter.unet.parameters():
+        for p in adapter.parameters("all"):
             p.requires_grad_(False)
         self.params = adapter.parameters(config.scope)
         for p in self.params:
@@ -101,6 +107,11 @@ class GradientMethod:
 
     def retain_inputs(self, batch: Batch):
         return self.adapter.noised_batch(batch.images, batch.labels, batch.generator, rows=batch.rows)
+
+    def resolved_options(self) -> dict[str, Any]:
+        """The options as :meth:`setup` resolved them against the model (e.g. EraseDiff's target ``auto``):
+        what the run records in config.yaml, its checkpoints' fingerprint and the manifest."""
+        return dataclasses.asdict(self.opts)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

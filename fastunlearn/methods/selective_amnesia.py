@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
 from fastunlearn.errors import UserInputError
 from fastunlearn.methods.base import Batch, MethodConfig, register
@@ -64,22 +64,21 @@ class SelectiveAmnesiaOptions:
         check_common("selective_amnesia", self.grad_clip, self.ema_decay)
 
 
-def per_sample_sq_grads(module: torch.nn.Module, names: list[str], x_t: torch.Tensor, t: torch.Tensor,
+def per_sample_sq_grads(adapter: Any, names: list[str], x_t: torch.Tensor, t: torch.Tensor,
                         labels: torch.Tensor | None, noise: torch.Tensor, chunk: int = 16) -> list[torch.Tensor]:
-    """Σ over samples of (∂ℓ_n/∂θ)², ℓ_n = mean ‖ε_n − ε_θ(x_t,n, t_n, c_n)‖², for the parameters ``names``.
+    """Σ over samples of (∂ℓ_n/∂θ)², ℓ_n = mean ‖ε_n − ε_θ(x_t,n, t_n, c_n)‖², for the parameters ``names``
+    (names of ``adapter.named_parameters()``).
 
-    Per-sample gradients come from ``vmap(grad(...))`` over ``functional_call`` — one vectorised backward
-    per ``chunk`` samples. Returns one tensor per name, shaped like the parameter (float32 sums).
+    Per-sample gradients come from ``vmap(grad(...))`` over the adapter's ``functional_predict`` — one
+    vectorised backward per ``chunk`` samples. Returns one tensor per name, shaped like the parameter
+    (float32 sums).
     """
-    params = dict(module.named_parameters())
+    params = dict(adapter.named_parameters("all"))
     train = {n: params[n].detach() for n in names}
-    frozen = {n: p.detach() for n, p in params.items() if n not in train}
-    buffers = dict(module.named_buffers())
 
     def loss_one(p: dict[str, torch.Tensor], x, tt, y, eps) -> torch.Tensor:
-        kwargs = {"class_labels": y.unsqueeze(0)} if y is not None else {}
-        out = functional_call(module, ({**frozen, **p}, buffers), (x.unsqueeze(0), tt.unsqueeze(0)), kwargs)
-        pred = out.sample if hasattr(out, "sample") else out
+        y = y.unsqueeze(0) if y is not None else None
+        pred = adapter.functional_predict(p, x.unsqueeze(0), tt.unsqueeze(0), y)
         return ((pred - eps.unsqueeze(0)) ** 2).mean()
 
     in_dims = (None, 0, 0, 0 if labels is not None else None, 0)
@@ -118,13 +117,13 @@ class SelectiveAmnesia(GradientMethod):
         # One seeded draw of the original model: the replay pool and the Fisher's samples.
         gen = torch.Generator().manual_seed(0x5A)
         classes = torch.arange(adapter.num_classes).repeat_interleave(opts.replay_per_class)
-        was_training = adapter.unet.training
-        adapter.unet.eval()
+        was_training = adapter.training
+        adapter.eval()
         samples = adapter.generate(classes.numel(), classes, steps=opts.sample_steps, generator=gen)
         keep = torch.isin(classes, torch.tensor(retained))
         self.replay_images, self.replay_labels = samples[keep], classes[keep]
         self.fisher = self._fisher(samples, classes, gen)
-        adapter.unet.train(was_training)
+        adapter.train(was_training)
         self.theta_star = self.flat.gather([p.detach() for p in self.params])  # the buffer's memory order
         self.setup_seconds = time.perf_counter() - started
 
@@ -136,10 +135,9 @@ class SelectiveAmnesia(GradientMethod):
         """Flat diagonal empirical Fisher at θ*: mean over samples of (∂ℓ_n/∂θ)², laid out like the flat buffer."""
         a = self.adapter
         nb = a.noised_batch(images, labels, gen)
-        module = getattr(a.unet, "_orig_mod", a.unet)
-        by_id = {id(p): n for n, p in module.named_parameters()}
+        by_id = {id(p): n for n, p in a.named_parameters("all")}
         names = [by_id[id(p)] for p in self.params]
-        sums = per_sample_sq_grads(module, names, nb.x_t, nb.t, nb.labels, nb.noise, self.opts.fisher_chunk)
+        sums = per_sample_sq_grads(a, names, nb.x_t, nb.t, nb.labels, nb.noise, self.opts.fisher_chunk)
         return self.flat.gather(sums).div_(images.shape[0])
 
     def step(self, forget_batch: Batch, retain_batch: Batch) -> dict[str, torch.Tensor]:

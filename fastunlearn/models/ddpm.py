@@ -7,7 +7,13 @@ Methods speak only to this interface (ARCHITECTURE.md, "The contracts that matte
   every random draw taken from the caller's CPU ``torch.Generator`` so a run depends only on its seeds;
 - :meth:`DDPMAdapter.predict` — ε_θ(x_t, t, c) (epsilon prediction);
 - :meth:`DDPMAdapter.generate` — DDIM samples for evaluation (:func:`fastunlearn.models.sampling.ddim_sample`);
-- :meth:`DDPMAdapter.save_pretrained` — a ``DDPMPipeline`` directory that diffusers loads back.
+- :meth:`DDPMAdapter.save_pretrained` — a ``DDPMPipeline`` directory that diffusers loads back;
+- :meth:`DDPMAdapter.scratch_copy` — an adapter over an independent copy of the model (a method's scratch
+  steps), :meth:`DDPMAdapter.functional_predict` — ε with given parameter tensors (``torch.func``), and
+  :meth:`DDPMAdapter.train` / :attr:`DDPMAdapter.training` — the model's train/eval mode.
+
+No method reads ``adapter.unet`` or calls the UNet itself (its ``class_labels=`` keyword is this adapter's
+business): a text-to-image or image-to-image adapter offers the same calls over its own denoiser.
 
 Class-conditional models may carry a *null* class (the label used for unconditional generation when the
 model was trained with class dropout, as the zoo's digits DDPM is). Diffusers' configs do not record it,
@@ -16,10 +22,12 @@ or given explicitly; it is always the last embedding, and the real classes are `
 """
 from __future__ import annotations
 
+import copy
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
@@ -105,6 +113,23 @@ class DDPMAdapter:
         self.unet.to(device)
         return self
 
+    @property
+    def training(self) -> bool:
+        return self.unet.training
+
+    def train(self, mode: bool = True) -> "DDPMAdapter":
+        """Put the model in train (``mode=True``) or eval mode."""
+        self.unet.train(mode)
+        return self
+
+    def eval(self) -> "DDPMAdapter":
+        return self.train(False)
+
+    @property
+    def _module(self) -> torch.nn.Module:
+        """The UNet itself (the module inside a ``torch.compile`` wrapper)."""
+        return getattr(self.unet, "_orig_mod", self.unet)
+
     def check_images(self, images: torch.Tensor, what: str = "images") -> None:
         """Raise a :class:`UserInputError` naming expected vs got when ``images`` do not fit the UNet."""
         c, h, w = self.image_shape
@@ -126,15 +151,43 @@ class DDPMAdapter:
 
     # ------------------------------------------------------------------ the Adapter contract
     def parameters(self, scope: str = "all") -> list[torch.nn.Parameter]:
-        """Trainable parameters of ``scope``: ``all``, or ``attention`` (the attention blocks only)."""
+        """Trainable parameters of ``scope``: ``all`` (every parameter of the model), or ``attention`` (the
+        attention blocks only)."""
+        return [p for _, p in self.named_parameters(scope)]
+
+    def named_parameters(self, scope: str = "all") -> list[tuple[str, torch.nn.Parameter]]:
+        """``(name, parameter)`` of ``scope``; the names are those :meth:`functional_predict` takes."""
+        named = list(self._module.named_parameters())
         if scope == "all":
-            return list(self.unet.parameters())
+            return named
         if scope == "attention":
-            params = [p for n, p in self.unet.named_parameters() if ".attentions." in n]
-            if not params:
+            picked = [(n, p) for n, p in named if ".attentions." in n]
+            if not picked:
                 raise UserInputError("scope 'attention' selects nothing: this UNet has no attention blocks")
-            return params
+            return picked
         raise UserInputError(f"unknown parameter scope {scope!r}; expected one of {', '.join(SCOPES)}")
+
+    def scratch_copy(self) -> "DDPMAdapter":
+        """An adapter over an independent deep copy of the model (same schedule, classes, null label and
+        ``requires_grad`` flags): steps taken on the copy leave this adapter's weights, gradients and optimizer
+        untouched. The copy is of the plain module (not a ``torch.compile`` wrapper)."""
+        other = copy.copy(self)
+        other.unet = copy.deepcopy(self._module)
+        return other
+
+    def functional_predict(self, params: Mapping[str, torch.Tensor], x_t: torch.Tensor, t: torch.Tensor,
+                           labels: torch.Tensor | None = None) -> torch.Tensor:
+        """ε(x_t, t, c) with the parameters named in ``params`` (names of :meth:`named_parameters`) replaced by
+        those tensors (``torch.func.functional_call``), for transforms such as ``vmap(grad(...))``. The other
+        parameters are the model's, detached; the model itself is not changed."""
+        from torch.func import functional_call
+
+        module = self._module
+        state = {n: p.detach() for n, p in module.named_parameters()}
+        state.update(params)
+        state.update(dict(module.named_buffers()))
+        out = functional_call(module, state, (x_t, t), {"class_labels": labels if self.conditional else None})
+        return out.sample
 
     def noised_batch(
         self,
@@ -384,15 +437,19 @@ def _from_pickle_file(path: Path, null_label: int | None, trust_pickle: bool) ->
 
 
 def _from_hub(repo_id: str, null_label: int | None, trust_pickle: bool = False) -> DDPMAdapter:
-    safe = {"use_safetensors": None if trust_pickle else True}
+    # low_cpu_mem_usage=False as every other load here: diffusers' default asks for `accelerate` and, without
+    # it, prints a warning on every load; huggingface_hub warns about an argument diffusers still passes.
+    safe = {"use_safetensors": None if trust_pickle else True, "low_cpu_mem_usage": False}
     try:
-        try:
-            unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet", **safe)
-            scheduler = DDPMScheduler.from_pretrained(repo_id, subfolder="scheduler")
-        except OSError:
-            # Some early hub DDPMs keep the UNet and the scheduler config at the repository root.
-            unet = UNet2DModel.from_pretrained(repo_id, **safe)
-            scheduler = DDPMScheduler.from_pretrained(repo_id)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            try:
+                unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet", **safe)
+                scheduler = DDPMScheduler.from_pretrained(repo_id, subfolder="scheduler")
+            except OSError:
+                # Some early hub DDPMs keep the UNet and the scheduler config at the repository root.
+                unet = UNet2DModel.from_pretrained(repo_id, **safe)
+                scheduler = DDPMScheduler.from_pretrained(repo_id)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = "" if trust_pickle else (

@@ -90,17 +90,21 @@ def test_relabel_steps_over_forgotten_classes():
         relabel_table(2, [0, 1])
 
 
-def test_fisher_via_torch_func_equals_a_per_sample_loop(make_tiny_unet):
+@pytest.mark.parametrize("scope", ["all", "attention"])
+def test_fisher_via_torch_func_equals_a_per_sample_loop(make_tiny_unet, scope):
     unet = make_tiny_unet(num_class_embeds=3, size=8).double()
+    adapter = DDPMAdapter(unet)  # per_sample_sq_grads reaches the model only through the adapter
     g = torch.Generator().manual_seed(0)
     n = 5
     x = torch.randn(n, 1, 8, 8, generator=g, dtype=torch.float64)
     eps = torch.randn(n, 1, 8, 8, generator=g, dtype=torch.float64)
     t = torch.randint(0, 1000, (n,), generator=g)
     y = torch.randint(0, 3, (n,), generator=g)
-    names = [name for name, _ in unet.named_parameters()]
-    fast = per_sample_sq_grads(unet, names, x, t, y, eps, chunk=2)
-    params = list(unet.parameters())
+    named = dict(unet.named_parameters())
+    names = [k for k in named if scope == "all" or ".attentions." in k]
+    assert 0 < len(names) <= len(named)
+    fast = per_sample_sq_grads(adapter, names, x, t, y, eps, chunk=2)
+    params = [named[n] for n in names]
     slow = [torch.zeros_like(p) for p in params]
     for i in range(n):
         pred = unet(x[i:i + 1], t[i:i + 1], class_labels=y[i:i + 1]).sample

@@ -109,3 +109,28 @@ def test_hub_id_resolves_through_from_pretrained(tiny_model_dir, monkeypatch):
     adapter = load_adapter("google/ddpm-cifar10-32")
     assert calls == [("google/ddpm-cifar10-32", "unet"), ("google/ddpm-cifar10-32", "scheduler")]
     assert adapter.image_shape == (1, 16, 16)
+
+
+def test_hub_load_of_an_unconditional_ddpm_prints_no_accelerate_warning(tmp_path, make_tiny_unet):
+    """A real hub lookup (from an offline cache holding a tiny unconditional DDPM, in a fresh process so the
+    hub reads HF_HOME): it loads, and diffusers' "`accelerate` was not found" warning is not printed."""
+    import os
+    import subprocess
+    import sys
+
+    rev = "0" * 40
+    repo = tmp_path / "hf" / "hub" / "models--org--uncond-ddpm"
+    DDPMPipeline(unet=make_tiny_unet(num_class_embeds=None), scheduler=DDPMScheduler()) \
+        .save_pretrained(repo / "snapshots" / rev, safe_serialization=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    code = ("from fastunlearn.models.ddpm import load_adapter\n"
+            "a = load_adapter('org/uncond-ddpm')\n"
+            "print('conditional', a.conditional, a.image_shape)\n")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "conditional False (1, 16, 16)" in out.stdout
+    assert "accelerate" not in out.stderr + out.stdout
+    assert "local_dir_use_symlinks" not in out.stderr
