@@ -23,6 +23,7 @@ import torch
 
 from fastunlearn.config import UnlearnConfig
 from fastunlearn.errors import UserInputError
+from fastunlearn.eval.manifest import jsonable as _jsonable
 
 #: Files that mark a directory as a previous fastunlearn output (safe to replace).
 _OUTPUT_MARKERS = ("metrics.json", "config.yaml")
@@ -132,12 +133,6 @@ def _original_weights(cfg: UnlearnConfig, adapter: Any) -> Path | bytes:
     return save_safetensors({k: v.detach().cpu().contiguous() for k, v in adapter.unet.state_dict().items()})
 
 
-def _jsonable(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
-    if metrics is None:
-        return None
-    return json.loads(json.dumps({k: v for k, v in metrics.items() if k != "images"}, default=str))
-
-
 def _prepare(cfg: UnlearnConfig, dist: Any = None):
     """Load and check everything (model, data, method) — raises before any file is written.
 
@@ -194,6 +189,9 @@ def _prepare(cfg: UnlearnConfig, dist: Any = None):
         unconditional=cfg.unconditional, scope=cfg.scope, fused_optimizer=fast.fused_optimizer,
         grad_sync=dist.gradient_sync() if dist is not None else None,
     ))
+    # What setup resolved against the model (EraseDiff's target 'auto'): config.yaml, the checkpoints'
+    # fingerprint, metrics.json and the manifest record it.
+    cfg.options.update(getattr(method, "resolved_options", dict)())
     adapter.fast_path = fast  # recorded in the manifest
     judge = _judge(adapter) if cfg.evaluate else None
     if cfg.evaluate and cfg.unconditional and not sets.forget_classes:

@@ -134,9 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--scope", help="parameters to train: all (default) or attention")
     p_run.add_argument("--eval-per-class", type=int, help="generations per class in each evaluation (default 100)")
     p_run.add_argument("--eval-steps", type=int, help="DDIM steps of the evaluation sampler (default 10)")
-    p_run.add_argument("--target", help="EraseDiff forget target: pseudo_label (default) or uniform")
+    p_run.add_argument("--target", help="EraseDiff forget target: pseudo_label, uniform, or auto (default: "
+                       "pseudo_label on a class-conditional model, uniform on an unconditional one)")
     p_run.add_argument("--lambda-rule", help="EraseDiff λ rule: bome (default), cosine or fixed")
-    p_run.add_argument("--eta", type=float, help="η of the λ rule (default 0.5 under bome and cosine, 0.1 = λ under fixed)")
+    p_run.add_argument("--eta", type=float, help="η of the λ rule (default: the rule's own, 0.5 under bome and cosine, "
+                       "0.1 = λ under fixed)")
     p_run.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="a method option (repeatable)")
     p_run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p_run.set_defaults(func=_run)

@@ -75,3 +75,47 @@ def test_run_refuses_a_foreign_output_dir(tiny_model_dir, tmp_path):
     with pytest.raises(UserInputError, match="not a fastunlearn output"):
         fastunlearn.run(model=str(tiny_model_dir), steps=1, out_dir=tmp_path / "mine", evaluate=False)
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_eta_has_one_default_per_rule_everywhere():
+    """Options, parse_options, the run's resolution and the --eta help show the same η for each λ rule."""
+    from fastunlearn.cli import build_parser
+    from fastunlearn.methods.base import parse_options
+    from fastunlearn.methods.erasediff import DEFAULT_ETA, EraseDiff, EraseDiffOptions
+
+    assert DEFAULT_ETA == {"bome": 0.5, "cosine": 0.5, "fixed": 0.1}  # bome/cosine measured; fixed: the authors'
+    for rule, eta in DEFAULT_ETA.items():
+        assert EraseDiffOptions(lambda_rule=rule).eta == eta
+        assert parse_options("erasediff", {"lambda_rule": rule}).eta == eta
+        assert parse_options("erasediff", {"lambda_rule": rule, "eta": None}).eta == eta  # YAML `eta: null`
+        assert UnlearnConfig(options={"lambda_rule": rule}).resolved().options["eta"] == eta
+        assert "eta" not in EraseDiff.defaults(False, {"lambda_rule": rule}).get("options", {})  # one place
+    assert EraseDiffOptions().eta == DEFAULT_ETA[EraseDiffOptions().lambda_rule]
+    assert parse_options("erasediff", {"eta": "0.3"}).eta == 0.3  # CLI strings still become numbers
+    run = next(a for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions
+               if "--eta" in a.option_strings)
+    assert "0.5 under bome and cosine" in run.help and "0.1 = λ under fixed" in run.help
+
+
+def _tiny_unconditional_dir(path, make_tiny_unet):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    DDPMPipeline(unet=make_tiny_unet(num_class_embeds=None), scheduler=DDPMScheduler(num_train_timesteps=1000)) \
+        .save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def test_unconditional_model_runs_with_the_default_target_and_records_it(tmp_path, make_tiny_unet):
+    """A DDPM without a class embedding (as most hub DDPMs): EraseDiff's default target resolves to uniform,
+    and config.yaml, metrics.json and the manifest say so; an explicit pseudo_label says what to pass."""
+    model = _tiny_unconditional_dir(tmp_path / "uncond-ddpm", make_tiny_unet)
+    out = tmp_path / "out"
+    result = fastunlearn.run(model=str(model), steps=1, out_dir=out, batch_size=4, evaluate=False, progress=False)
+    assert not result.adapter.conditional
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"]["hyperparameters"]["target"] == "uniform"
+    assert json.loads((out / "metrics.json").read_text())["options"]["target"] == "uniform"
+    assert "target: uniform" in (out / "config.yaml").read_text()
+    with pytest.raises(UserInputError, match=r"--target uniform .*target=uniform"):
+        fastunlearn.run(model=str(model), steps=1, out_dir=tmp_path / "out2", batch_size=4, evaluate=False,
+                        progress=False, target="pseudo_label")

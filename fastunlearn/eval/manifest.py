@@ -100,8 +100,14 @@ def _iso(t: Any) -> str:
     return str(t)
 
 
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str)) if obj is not None else None
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON values (anything else by ``str``); None stays None. A mapping's ``images`` entry
+    (an evaluation's image grids, never JSON) is left out."""
+    if obj is None:
+        return None
+    if isinstance(obj, dict) and "images" in obj:
+        obj = {k: v for k, v in obj.items() if k != "images"}
+    return json.loads(json.dumps(obj, default=str))
 
 
 def build_manifest(
@@ -153,20 +159,20 @@ def build_manifest(
         if key in metrics_after:
             verification = {"metric": key, "value": float(metrics_after[key]), "kind": kind,
                             "forget_classes": [int(c) for c in (forget_classes or [])],
-                            "tolerance": METRIC_TOLERANCE, "batch_size": 250, **_jsonable(eval_protocol)}
+                            "tolerance": METRIC_TOLERANCE, "batch_size": 250, **jsonable(eval_protocol)}
     return {
         "manifest_version": MANIFEST_VERSION,
-        "forgotten": {"selector": _jsonable(selector if not isinstance(selector, Path) else str(selector)),
+        "forgotten": {"selector": jsonable(selector if not isinstance(selector, Path) else str(selector)),
                       "count": len(hashes), "classes": [int(c) for c in (forget_classes or [])],
                       "indices": indices, "sample_hash": "sha256 of each image's float32 C-contiguous bytes",
                       "sample_sha256": hashes, "set_sha256": sha256_bytes("".join(hashes).encode())},
         "kept": {"description": retain_description},
-        "method": {"name": method, "hyperparameters": _jsonable(hyperparameters)},
+        "method": {"name": method, "hyperparameters": jsonable(hyperparameters)},
         "model": model,
         "library": {"name": "fastunlearn", "version": __version__, "git": git_commit(),
                     "torch": torch.__version__},
         "weights": {"before": weight_hashes(weights_before), "after": weight_hashes(weights_after)},
-        "metrics": {"before": _jsonable(metrics_before), "after": _jsonable(metrics_after)},
+        "metrics": {"before": jsonable(metrics_before), "after": jsonable(metrics_after)},
         "verification": verification,
         "started_at": _iso(started_at), "ended_at": _iso(ended_at), "device": str(device),
     }
