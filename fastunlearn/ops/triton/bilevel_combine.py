@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastunlearn.ops.triton import device_guard
+
 BLOCK = 1024
 ITERS = 8
 FINAL_BLOCK = 1024
@@ -97,12 +99,13 @@ def stats(g_outer: torch.Tensor, g_inner: torch.Tensor) -> torch.Tensor:
     n = g_outer.numel()
     n_prog = max(1, triton.cdiv(n, BLOCK * ITERS))
     partials = torch.empty(n_prog * 4, dtype=torch.float32, device=g_outer.device)
-    if n == 0:
-        partials.zero_()
-    else:
-        _stats_partials_kernel[(n_prog,)](g_outer, g_inner, partials, n, BLOCK=BLOCK, ITERS=ITERS)
     out = torch.empty(4, dtype=torch.float32, device=g_outer.device)
-    _stats_finish_kernel[(1,)](partials, out, n_prog, BLOCK=FINAL_BLOCK)
+    with device_guard(g_outer.device):  # Triton launches on the current device, not the tensors'
+        if n == 0:
+            partials.zero_()
+        else:
+            _stats_partials_kernel[(n_prog,)](g_outer, g_inner, partials, n, BLOCK=BLOCK, ITERS=ITERS)
+        _stats_finish_kernel[(1,)](partials, out, n_prog, BLOCK=FINAL_BLOCK)
     return out
 
 
@@ -111,5 +114,6 @@ def apply(g_outer: torch.Tensor, g_inner: torch.Tensor, stats_: torch.Tensor, ru
     n = g_outer.numel()
     lam = torch.empty(2, dtype=torch.float32, device=g_outer.device)
     grid = (max(1, triton.cdiv(n, APPLY_BLOCK)),)
-    _apply_kernel[grid](g_outer, g_inner, stats_, out, lam, n, float(eta), RULE=rule_id, BLOCK=APPLY_BLOCK)
+    with device_guard(g_outer.device):
+        _apply_kernel[grid](g_outer, g_inner, stats_, out, lam, n, float(eta), RULE=rule_id, BLOCK=APPLY_BLOCK)
     return lam

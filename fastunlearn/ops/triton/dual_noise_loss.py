@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastunlearn.ops.triton import device_guard
+
 BLOCK = 1024
 # Elements per program in the reduction: large enough that the partials are a tiny second pass,
 # small enough to give thousands of programs (occupancy) on 64M-element inputs.
@@ -78,11 +80,12 @@ def forward(pred: torch.Tensor, target: torch.Tensor, n_forget: int) -> torch.Te
     out = torch.empty(2, dtype=torch.float32, device=pred.device)
     n_prog = max(1, triton.cdiv(n, BLOCK * ITERS))
     partials = torch.empty(n_prog * 2, dtype=torch.float32, device=pred.device)
-    if n == 0:
-        partials.zero_()
-    else:
-        _partials_kernel[(n_prog,)](pred, target, partials, n, n_f, BLOCK=BLOCK, ITERS=ITERS)
-    _finish_kernel[(1,)](partials, out, n_prog, _inv(n_f), _inv(n - n_f), BLOCK=FINAL_BLOCK)
+    with device_guard(pred.device):  # Triton launches on the current device, not the tensors'
+        if n == 0:
+            partials.zero_()
+        else:
+            _partials_kernel[(n_prog,)](pred, target, partials, n, n_f, BLOCK=BLOCK, ITERS=ITERS)
+        _finish_kernel[(1,)](partials, out, n_prog, _inv(n_f), _inv(n - n_f), BLOCK=FINAL_BLOCK)
     return out
 
 
@@ -93,7 +96,8 @@ def backward(pred: torch.Tensor, target: torch.Tensor, n_forget: int, grad_losse
     if n == 0:
         return grad
     n_f = n_forget * (n // pred.shape[0])
-    _backward_kernel[(triton.cdiv(n, BLOCK),)](
-        pred, target, grad_losses, grad, n, n_f, _inv(n_f), _inv(n - n_f), BLOCK=BLOCK
-    )
+    with device_guard(pred.device):
+        _backward_kernel[(triton.cdiv(n, BLOCK),)](
+            pred, target, grad_losses, grad, n, n_f, _inv(n_f), _inv(n - n_f), BLOCK=BLOCK
+        )
     return grad
