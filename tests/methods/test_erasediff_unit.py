@@ -9,6 +9,8 @@ from fastunlearn.methods import Batch, get
 from fastunlearn.methods.base import MethodConfig, parse_options
 from fastunlearn.models.ddpm import DDPMAdapter
 
+from _erasediff_oracle import PlainEraseDiff, record_erasediff_step
+
 
 def _run(unet, steps=2, unconditional=False, **options):
     adapter = DDPMAdapter(unet, null_label=10 if unet.config.num_class_embeds else None)
@@ -37,12 +39,86 @@ def test_unconditional_model_supports_uniform_only(make_tiny_unet):
     _, metrics = _run(make_tiny_unet(num_class_embeds=None), target="uniform")
     assert float(metrics[-1]["skipped"]) == 0.0
     with pytest.raises(UserInputError, match="needs a class-conditional model"):
-        _run(make_tiny_unet(num_class_embeds=None))
+        _run(make_tiny_unet(num_class_embeds=None), target="pseudo_label")
 
 
-def test_unconditional_forgetting_uses_the_null_branch(make_tiny_unet):
-    _, metrics = _run(make_tiny_unet(), unconditional=True)
-    assert float(metrics[-1]["loss_forget"]) >= 0
+def test_unconditional_forgetting_uses_the_null_branch(make_tiny_unet, monkeypatch):
+    """With ``unconditional=True`` the forget rows are seen under the null label: ∇L_f equals plain autograd of
+    the MSE of ε_θ(x_t, t, ∅) against the pseudo-label target, on an independent copy of the model."""
+    unet = make_tiny_unet()
+    adapter = DDPMAdapter(unet, null_label=10)
+    plain = PlainEraseDiff(unet, adapter.scheduler.alphas_cumprod, lr=1e-3, rule="bome", eta=0.5, grad_clip=0.0,
+                           target="pseudo_label", pseudo_classes=list(range(1, 10)))
+    method = get("erasediff")()
+    options = parse_options("erasediff", {"target": "pseudo_label", "eta": 0.5, "ema_decay": 0.0,
+                                          "retain_null_prob": 0.0})
+    method.setup(adapter, MethodConfig(lr=1e-3, options=options, forget_classes=(0,), unconditional=True))
+    x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    with record_erasediff_step(method, monkeypatch) as rec:
+        method.step(Batch(x[:4], torch.zeros(4, dtype=torch.long), torch.Generator().manual_seed(3)),
+                    Batch(x[4:], torch.tensor([1, 2, 3, 4]), torch.Generator().manual_seed(3)))
+    want = plain.step(x[:4], torch.full((4,), 10), x[4:], torch.tensor([1, 2, 3, 4]), torch.Generator().manual_seed(3))
+    assert_flat_close(method.flat.views(rec.g_inner[0]), want.g_f, "∇L_f under the null label")
+
+
+def assert_flat_close(actual: list[torch.Tensor], want: list[torch.Tensor], what: str, rtol: float = 1e-4,
+                      atol_rel: float = 1e-6) -> None:
+    """Per-parameter tensors equal within ``rtol`` and an atol of ``atol_rel``·max|want| (never all zero)."""
+    a = torch.cat([x.detach().reshape(-1).double() for x in actual])
+    w = torch.cat([x.detach().reshape(-1).double() for x in want])
+    scale = float(w.abs().max())
+    assert scale > 0, f"{what}: the expected tensor is all zero, the comparison would have no power"
+    torch.testing.assert_close(a, w, rtol=rtol, atol=atol_rel * scale, msg=lambda m: f"{what}: {m}")
+
+
+# (λ rule, η, forget target, single_forward); every case clips (grad_clip below the combined gradient's norm)
+# and has λ > 0 (on this tiny model ⟨∇L_r,∇L_f⟩/‖∇L_f‖² ≈ 2 under pseudo_label: η = 3 keeps BOME's λ > 0).
+STEP_CASES = [
+    ("bome", 3.0, "pseudo_label", False),
+    ("cosine", 0.5, "pseudo_label", False),
+    ("fixed", 0.1, "pseudo_label", False),
+    ("bome", 0.5, "uniform", False),
+    ("fixed", 0.1, "pseudo_label", True),
+]
+
+
+@pytest.mark.parametrize("rule,eta,target,single_forward", STEP_CASES, ids=lambda v: str(v))
+def test_steps_match_plain_pytorch_on_an_independent_copy(make_tiny_unet, monkeypatch, rule, eta, target,
+                                                          single_forward):
+    """Two EraseDiff steps against :class:`PlainEraseDiff` (autograd, λ formula, clip_grad_norm_, torch Adam on
+    a deep copy of the model): the two gradient buffers before the combine, λ, the gradient Adam reads, and
+    the weights after each step. Adam divides by √v + 1e-8, so an element whose gradient is ~1e-8 (the two
+    gradients cancelling) moves by an amount sensitive to float rounding: the weights are compared to 5e-4 of
+    the update's size, far below the lr-sized change any wrong gradient, λ, clip or Adam state makes."""
+    lr, clip = 1e-3, 0.05
+    unet = make_tiny_unet()
+    adapter = DDPMAdapter(unet, null_label=10)
+    plain = PlainEraseDiff(unet, adapter.scheduler.alphas_cumprod, lr=lr, rule=rule, eta=eta, grad_clip=clip,
+                           target=target, pseudo_classes=list(range(1, 10)))
+    method = get("erasediff")()
+    options = parse_options("erasediff", {"target": target, "lambda_rule": rule, "eta": eta, "grad_clip": clip,
+                                          "ema_decay": 0.0, "single_forward": single_forward})
+    method.setup(adapter, MethodConfig(lr=lr, options=options, forget_classes=(0,)))
+    start = [p.detach().clone() for p in method.params]
+    y_f, y_r = torch.zeros(4, dtype=torch.long), torch.tensor([1, 2, 3, 4])
+    with record_erasediff_step(method, monkeypatch) as rec:
+        for step in range(2):
+            x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(50 + step)) * 2 - 1
+            gen = torch.Generator().manual_seed(step)
+            metrics = method.step(Batch(x[:4], y_f, gen), Batch(x[4:], y_r, gen))
+            want = plain.step(x[:4], y_f, x[4:], y_r, torch.Generator().manual_seed(step))
+            assert want.norm > 2 * clip, "the clip must be active for the test to check it"
+            assert_flat_close(method.flat.views(rec.g_inner[step]), want.g_f, f"step {step}: ∇L_f (g_forget)")
+            assert_flat_close(method.flat.views(rec.g_outer[step]), want.g_r, f"step {step}: ∇L_r (optimizer buffer)")
+            assert rec.lam[step] == pytest.approx(want.lam, rel=1e-4, abs=1e-6)
+            assert float(metrics["lambda"]) == pytest.approx(want.lam, rel=1e-4, abs=1e-6)
+            if rule != "fixed":
+                assert want.lam > 0, "λ clamped to 0 would not test the combine"
+            assert_flat_close(rec.adam_grads[step], want.g, f"step {step}: clipped ∇L_r + λ∇L_f read by Adam")
+            assert_flat_close([p - s for p, s in zip(method.params, start)], [p - s for p, s in zip(plain.params, start)],
+                              f"step {step}: weight update", rtol=1e-3, atol_rel=5e-4)
+            assert float(metrics["loss_forget"]) == pytest.approx(want.loss_f, rel=1e-5)
+            assert float(metrics["loss_retain"]) == pytest.approx(want.loss_r, rel=1e-5)
 
 
 def test_ema_is_what_finalize_leaves(make_tiny_unet):
