@@ -18,7 +18,8 @@ def test_config_sources_and_precedence(tmp_path):
     cfg = UnlearnConfig.from_dict({"steps": 9, "out": "x"}, base=cfg)
     assert (cfg.steps, cfg.out_dir, cfg.options["eta"]) == (9, "x", 0.3)
     resolved = cfg.resolved()
-    assert resolved.batch_size and resolved.options["target"] == "pseudo_label"
+    # target: auto until the model is known (pseudo_label on a class-conditional model, uniform otherwise)
+    assert resolved.batch_size and resolved.options["target"] == "auto"
     assert UnlearnConfig.from_dict(resolved.to_dict()) == resolved  # config.yaml round-trips
 
 
