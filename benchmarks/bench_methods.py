@@ -12,7 +12,7 @@ loop with the method's defaults, and every ``--every`` steps evaluate with the s
 - MIA AUC of the forget class (:func:`fastunlearn.eval.mia.membership_auc`) when that module exists.
 
     python benchmarks/bench_methods.py                 # writes results/methods.md and methods.csv
-    python benchmarks/bench_methods.py --smoke         # 2 steps per method, tiny eval, writes nothing
+    python benchmarks/bench_methods.py --smoke         # 2 steps per method, tiny eval and FID/MIA sets, writes nothing
 
 Methods with an EMA (EraseDiff) are evaluated on their EMA weights, the model their run saves.
 """
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from fastunlearn.eval.fid import fid_kid
 
         keep = test.labels != FORGET
-        args.real_retain = test.images[keep]
+        args.real_retain = test.images[keep][:64] if args.smoke else test.images[keep]
         labels = torch.tensor(list(sets.retain_classes)).repeat_interleave(args.fid_per_class)
         fake = base_adapter.generate(labels.numel(), labels, steps=args.eval_steps, generator=torch.Generator().manual_seed(99))
         res = fid_kid(args.real_retain, fake, judge, kid_subsets=20)
@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.members = (sets.forget_images, sets.forget_labels)  # labelled: conditioned on their own class
         held = test.labels == FORGET
         args.non_members = (test.images[held], test.labels[held])
+        if args.smoke:  # the code path, not the figure: 8 members and 8 non-members
+            args.members = tuple(x[:8] for x in args.members)
+            args.non_members = tuple(x[:8] for x in args.non_members)
         base["base_mia_auc"] = membership_auc(base_adapter, args.members, args.non_members,
                                               generator=torch.Generator().manual_seed(7))["auc"]
     rows = []

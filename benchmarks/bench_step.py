@@ -392,11 +392,11 @@ def _note(name: str, device: torch.device, sched: dict | None) -> str:
 
 
 def bench_case(model, batch, adapter, retained, images, labels, device, steps, warmup, profile_ops=True,
-               impls=None):
+               impls=None, names=None):
     sides = Sides(images, labels, batch)
     objs = {}
     if impls is None:
-        impls, objs = make_impls(adapter, retained, sides, model=model)
+        impls, objs = make_impls(adapter, retained, sides, names=names, model=model)
     else:
         impls = {name: make(sides) for name, make in impls.items()}
     names = []
@@ -532,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablation", action="store_true",
                     help="time the library step with each fast-path switch flipped from the device default "
                          "(rows appended to benchmarks/results/fastpath.csv)")
+    ap.add_argument("--impls", default=None,
+                    help="comma-separated subset of the rows (default all: " + ",".join(default_names(torch.device("cpu")))
+                         + "; reference-default also gives reference-default-outer)")
     ap.add_argument("--smoke", action="store_true",
                     help="every model's code path at a tiny size (digits as it is; cifar10 and sd shrunk, sd on CPU "
                          "too), batch 2, 1 step, nothing written")
@@ -565,6 +568,12 @@ def main(argv: list[str] | None = None) -> int:
         models = args.models.split(",") if args.models else ["digits", "cifar10", "sd"]
         per_model, warmup = {m: [2] for m in models}, 0
 
+    names = default_names(device)
+    if args.impls:
+        unknown = set(args.impls.split(",")) - set(names)
+        if unknown:
+            ap.error(f"--impls: unknown rows {sorted(unknown)} for this device; known: {', '.join(names)}")
+        names = tuple(n for n in names if n in args.impls.split(","))
     env = environment(device)
     print(f"{env['device']} | torch {env['torch']} | commit {env['commit']} | "
           f"fast path {resolve_fast_path(UnlearnConfig(), device).as_dict()}", flush=True)
@@ -575,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
             steps = 1 if args.smoke else (args.steps or steps_default[model])
             impls = ablation_impls(adapter, retained, device, args.smoke) if args.ablation else None
             for r in bench_case(model, batch, adapter, retained, images, labels, device, steps, warmup,
-                                profile_ops=not args.ablation, impls=impls):
+                                profile_ops=not args.ablation, impls=impls, names=names):
                 rows.append({**env, **r})
         del adapter
     if args.ablation:
