@@ -6,8 +6,9 @@ Launch the ordinary command under PyTorch's launcher; nothing else changes::
     accelerate launch -m fastunlearn run ...          # sets the same WORLD_SIZE / RANK / LOCAL_RANK
 
 :meth:`Distributed.from_env` reads ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; :meth:`Distributed.start`
-puts each process on ``cuda:LOCAL_RANK`` (when the run is on CUDA) and opens the process group — NCCL on
-CUDA, gloo on the CPU — and :meth:`Distributed.stop` closes it.
+puts each process on ``cuda:LOCAL_RANK`` (when the run is on CUDA: ``--device cuda`` or ``auto``; an explicit
+``cuda:K`` is refused, see :meth:`Distributed.device_for`) and opens the process group — NCCL on CUDA, gloo on
+the CPU — and :meth:`Distributed.stop` closes it.
 
 What a step means does not depend on the number of processes W:
 
@@ -194,12 +195,44 @@ class Distributed:
         return slice(self.rank * per, (self.rank + 1) * per)
 
     # ------------------------------------------------------------------ lifetime
+    def device_for(self, requested: torch.device, device_count: int) -> torch.device:
+        """This process's device for a requested one (pure: no CUDA call; ``device_count``: the visible GPUs).
+
+        - One process: ``requested`` as it is (``cuda:K`` with K < ``device_count``).
+        - Several processes on CUDA: ``cuda:LOCAL_RANK``, one GPU per process on each node. A requested
+          ``cuda`` (or ``auto``, which resolves to it) means exactly that. An explicit ``cuda:K`` is accepted
+          only when K is this process's LOCAL_RANK (a caller starting its own processes, one device each);
+          otherwise it is refused — under ``torchrun`` every process gets the same ``--device``, and putting
+          them all on GPU K (or offsetting K by the rank) is never what was meant: choose the GPUs with
+          ``CUDA_VISIBLE_DEVICES`` and pass ``--device cuda``.
+        - Several processes on the CPU: the CPU (gloo).
+        """
+        if requested.type != "cuda":
+            return requested
+        if not self.enabled:
+            if requested.index is not None and requested.index >= device_count:
+                raise UserInputError(f"device cuda:{requested.index} was asked for but {device_count} CUDA "
+                                     f"device(s) are visible")
+            return requested
+        if requested.index is not None and requested.index != self.local_rank:
+            raise UserInputError(
+                f"--device cuda:{requested.index} with {self.world_size} processes: each process runs on "
+                f"cuda:LOCAL_RANK (this one: LOCAL_RANK={self.local_rank}). Pass --device cuda (or auto) and "
+                f"choose the GPUs with CUDA_VISIBLE_DEVICES, e.g. CUDA_VISIBLE_DEVICES=2,3 torchrun --nproc-per-node 2 ...")
+        if self.local_rank >= device_count:
+            raise UserInputError(
+                f"process LOCAL_RANK={self.local_rank} needs cuda:{self.local_rank} but {device_count} CUDA "
+                f"device(s) are visible on this node: start at most {device_count} processes per node "
+                f"(--nproc-per-node) or use --device cpu")
+        return torch.device("cuda", self.local_rank)
+
     def start(self, device: torch.device) -> torch.device:
-        """Pick this process's device (``cuda:LOCAL_RANK`` on CUDA) and open the process group."""
-        if device.type == "cuda" and self.enabled:
-            if device.index is None:
-                device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(device)
+        """Pick this process's device (:meth:`device_for`), make it the current CUDA device, and open the
+        process group."""
+        if device.type == "cuda":
+            device = self.device_for(device, torch.cuda.device_count())
+            if device.index is not None:
+                torch.cuda.set_device(device)  # for anything that launches on the current device
         self.device = device
         if self.enabled:
             import torch.distributed as dist

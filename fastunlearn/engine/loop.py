@@ -76,7 +76,12 @@ class LoopResult:
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``auto`` → CUDA when available, else CPU; anything else is passed to ``torch.device`` (a ``cuda:N``
+    must be a visible GPU).
+
+    This is the requested device; under ``torchrun`` each process then takes ``cuda:LOCAL_RANK`` for ``cuda``
+    or ``auto`` and refuses an explicit ``cuda:N`` (:meth:`fastunlearn.engine.distributed.Distributed.device_for`).
+    """
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -85,6 +90,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise UserInputError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserInputError(f"device {device!r} was asked for but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserInputError(f"device {device!r} was asked for but {torch.cuda.device_count()} CUDA device(s) "
+                             f"are visible (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return dev
 
 

@@ -301,3 +301,76 @@ def test_launcher_variables():
         Distributed.from_env(env={"WORLD_SIZE": "two"})
     with pytest.raises(UserInputError, match="inconsistent"):
         Distributed.from_env(env={"WORLD_SIZE": "2", "RANK": "2"})
+
+
+# ---------------------------------------------------------------------- which device each process runs on
+def _node_env(rank: int, world: int = 4, per_node: int = 2) -> dict[str, str]:
+    """torchrun's variables for process ``rank`` of ``world`` on nodes of ``per_node`` GPUs."""
+    return {"WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank % per_node)}
+
+
+def test_each_process_takes_its_local_gpu():
+    """``--device cuda`` / ``auto`` under torchrun, 2 nodes × 2 GPUs: rank r runs on cuda:(r mod 2)."""
+    for rank in range(4):
+        d = Distributed.from_env(env=_node_env(rank))
+        assert d.device_for(torch.device("cuda"), device_count=2) == torch.device("cuda", rank % 2)
+        assert d.device_for(torch.device("cpu"), device_count=2) == torch.device("cpu")  # gloo on the CPU
+    one = Distributed.from_env(env={})
+    assert one.device_for(torch.device("cuda", 1), device_count=2) == torch.device("cuda", 1)
+    assert one.device_for(torch.device("cuda"), device_count=2) == torch.device("cuda")
+
+
+def test_explicit_gpu_index_with_many_processes_is_refused_unless_it_is_the_local_one():
+    """``torchrun ... --device cuda:1`` gave every process GPU 1: now each process other than LOCAL_RANK 1 says
+    to pass --device cuda with CUDA_VISIBLE_DEVICES (and a caller's own per-process ``cuda:LOCAL_RANK`` works)."""
+    for rank in range(4):
+        d = Distributed.from_env(env=_node_env(rank))
+        if rank % 2 == 1:
+            assert d.device_for(torch.device("cuda", 1), device_count=2) == torch.device("cuda", 1)
+        else:
+            with pytest.raises(UserInputError, match=r"--device cuda:1 with 4 processes: .*LOCAL_RANK=0\)\. Pass "
+                                                     r"--device cuda \(or auto\) .*CUDA_VISIBLE_DEVICES"):
+                d.device_for(torch.device("cuda", 1), device_count=2)
+
+
+def test_too_few_gpus_for_the_processes_or_the_index_is_a_user_error(monkeypatch):
+    with pytest.raises(UserInputError, match=r"LOCAL_RANK=2 needs cuda:2 but 2 CUDA device\(s\) are visible"):
+        Distributed.from_env(env=_node_env(2, world=4, per_node=4)).device_for(torch.device("cuda"), device_count=2)
+    with pytest.raises(UserInputError, match=r"cuda:3 was asked for but 2 CUDA device\(s\) are visible"):
+        Distributed.from_env(env={}).device_for(torch.device("cuda", 3), device_count=2)
+    from fastunlearn.engine.loop import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(UserInputError, match=r"'cuda:2' was asked for but 2 CUDA device\(s\) are visible"):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("requested", ["auto", "cuda", "cuda:1"])
+def test_start_makes_the_local_gpu_current(monkeypatch, requested):
+    """:meth:`Distributed.start` on every rank of a 2-node × 2-GPU job (no GPU: torch.cuda and an existing process
+    group are stood in for): the device it returns and the one it makes current are cuda:LOCAL_RANK; an
+    explicit cuda:1 is refused where it is not the local GPU (it used to put every process on GPU 1)."""
+    import torch.distributed as dist
+
+    from fastunlearn.engine.loop import resolve_device
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: current.append(torch.device(device)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # a caller's group: start opens none
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 4)
+    started = 0
+    for rank in range(4):
+        monkeypatch.setattr(dist, "get_rank", lambda group=None, r=rank: r)
+        d = Distributed.from_env(env=_node_env(rank))
+        if requested == "cuda:1" and rank % 2 == 0:
+            with pytest.raises(UserInputError, match="CUDA_VISIBLE_DEVICES"):
+                d.start(resolve_device(requested))
+            continue
+        got = d.start(resolve_device(requested))
+        started += 1
+        assert got == d.device == current[-1] == torch.device("cuda", rank % 2)
+    assert len(current) == started == (2 if requested == "cuda:1" else 4)
