@@ -45,11 +45,9 @@ class UnlearnResult:
         """A before/after table of the headline metrics (what the CLI prints)."""
         if self.metrics_before is None or self.metrics_after is None:
             return "evaluation skipped (--no-eval)"
-        rows = [(k, self.metrics_before[k], self.metrics_after[k]) for k in self.metrics_before["headline"]]
-        width = max(len(k) for k, _, _ in rows)
-        lines = [f"{'metric':<{width}}  {'before':>8}  {'after':>8}"]
-        lines += [f"{k:<{width}}  {b:>8.2%}  {a:>8.2%}" for k, b, a in rows]
-        return "\n".join(lines)
+        from fastunlearn.eval.evaluate import format_table
+
+        return format_table(self.metrics_before, self.metrics_after)
 
 
 def _partial_dir(out_dir: Path) -> Path:
@@ -57,66 +55,26 @@ def _partial_dir(out_dir: Path) -> Path:
 
 
 def _judge(adapter: Any):
-    """The shipped digits classifier, when the model draws digits (1×16×16, ≤ 10 classes); else None."""
-    if adapter.image_shape != (1, 16, 16) or (adapter.num_classes or 10) > 10:
-        return None
-    from fastunlearn.zoo import load_classifier
+    """The shipped digits classifier (the first judge), when the model draws digits (1×16×16, ≤ 10 classes);
+    else None. The run evaluates with the whole panel: :func:`fastunlearn.eval.evaluate.digits_judges`."""
+    from fastunlearn.eval.evaluate import digits_judges
 
-    return load_classifier(device=str(adapter.device))
+    panel = digits_judges(adapter, second=False)
+    return panel[""] if panel is not None else None
+
+
+def _judges(adapter: Any):
+    """The run's judge panel ``{"": CNN, "svm": RBF SVM}`` for a digits model; else None."""
+    from fastunlearn.eval.evaluate import digits_judges
+
+    return digits_judges(adapter)
 
 
 def evaluate(adapter: Any, cfg: UnlearnConfig, forget_classes: list[int], judge: Any, sets: Any = None) -> dict[str, Any]:
-    """Forget/retain generation accuracy (or the unconditional share of the forgotten classes), judged by
-    ``judge`` on DDIM samples drawn from the seeded noise ``cfg.eval_seed`` — the same noise before and
-    after — plus the first 8 images per class for the report grid. For the digits judge it also gives the
-    retained classes' FID/KID against the held-out test digits (in the judge's feature space, from the same
-    generations) and, given the forget/retain ``sets``, the membership-inference AUC of the forget set.
-    """
-    from fastunlearn.eval.classifier import generation_accuracy, unconditional_class_share
+    """The run's before/after evaluation: :func:`fastunlearn.eval.evaluate.evaluate`."""
+    from fastunlearn.eval.evaluate import evaluate as _evaluate
 
-    generated: dict[Any, list[torch.Tensor]] = {}
-
-    def sample_fn(n: int, class_labels: torch.Tensor | None, generator: torch.Generator | None = None):
-        images = adapter.generate(n, class_labels, steps=cfg.eval_steps, generator=generator)
-        keys = class_labels.tolist() if class_labels is not None else ["∅"] * n
-        for key, img in zip(keys, images):
-            generated.setdefault(key, []).append(img)
-        return images
-
-    gen = torch.Generator().manual_seed(cfg.eval_seed)
-    started = time.perf_counter()
-    if cfg.unconditional:
-        res = unconditional_class_share(sample_fn, judge, cfg.eval_unconditional, forget_classes, generator=gen)
-        out = {"kind": "unconditional", "forget_share": res["share_of_classes"], "detail": res,
-               "headline": ["forget_share"]}
-    else:
-        classes = list(range(adapter.num_classes))
-        res = generation_accuracy(sample_fn, judge, classes, cfg.eval_per_class, generator=gen)
-        acc = res["accuracy_by_class"]
-        retained = [c for c in classes if c not in forget_classes]
-        out = {"kind": "conditional", "detail": res,
-               "forget_accuracy": sum(acc[c] for c in forget_classes) / len(forget_classes),
-               "retain_accuracy": sum(acc[c] for c in retained) / max(len(retained), 1),
-               "headline": ["forget_accuracy", "retain_accuracy"]}
-        if _is_digits_judge(judge) and retained:
-            from fastunlearn.eval.fid import digits_real_by_class, per_class_fid
-
-            fakes = {c: torch.stack(generated[c]) for c in retained if c in generated}
-            out["fid"] = per_class_fid(digits_real_by_class("test", retained), fakes, judge, classes=retained)
-    if sets is not None and _is_digits_judge(judge):
-        from fastunlearn.eval.mia import forget_membership_auc
-
-        out["mia"] = forget_membership_auc(adapter, sets.forget_images, sets.forget_labels)
-    out["wall_s"] = time.perf_counter() - started
-    out["images"] = {k: torch.stack(v[:8]) for k, v in generated.items()}
-    return out
-
-
-def _is_digits_judge(judge: Any) -> bool:
-    """FID against the test digits and the held-out MIA only make sense when the judge is the digits one."""
-    from fastunlearn.zoo.classifier import DigitsClassifier
-
-    return isinstance(judge, DigitsClassifier)
+    return _evaluate(adapter, cfg, forget_classes, judge, sets)
 
 
 def _original_weights(cfg: UnlearnConfig, adapter: Any) -> Path | bytes:
@@ -193,7 +151,7 @@ def _prepare(cfg: UnlearnConfig, dist: Any = None):
     # fingerprint, metrics.json and the manifest record it.
     cfg.options.update(getattr(method, "resolved_options", dict)())
     adapter.fast_path = fast  # recorded in the manifest
-    judge = _judge(adapter) if cfg.evaluate else None
+    judge = _judges(adapter) if cfg.evaluate else None
     if cfg.evaluate and cfg.unconditional and not sets.forget_classes:
         raise UserInputError("--unconditional evaluation needs a labelled forget set (e.g. class:0)")
     return adapter, method, forget, retain, sets, judge

@@ -47,8 +47,9 @@ def evaluate_model(model: str, forget: str | None = None, eval_per_class: int = 
                    fid: bool = True, mia: bool = True) -> dict[str, Any]:
     """Evaluate a model without unlearning it (what ``fastunlearn eval`` prints).
 
-    Generation accuracy per class (judge: the shipped digits classifier, for 1×16×16 models of ≤ 10 classes),
-    forget/retain accuracy when ``forget`` is given, FID/KID of the retained classes against the digits test
+    Generation accuracy per class by both judges (the shipped digits CNN, and the independent RBF-SVM
+    ``zoo:digits-svm``: keys ``*_svm``; for 1×16×16 models of ≤ 10 classes), forget/retain accuracy when
+    ``forget`` is given (``n``: the generations behind each), FID/KID of the retained classes against the digits test
     split in the judge's feature space (plus an Inception FID with ``inception_weights``), and the membership
     AUC of the forget set against held-out test digits of its classes.
     """
@@ -78,15 +79,16 @@ def _evaluate(adapter: Any, dev: torch.device, model: str, forget: str | None, e
     from fastunlearn.eval.classifier import generation_accuracy
     from fastunlearn.eval.fid import digits_real_by_class, per_class_fid
     from fastunlearn.eval.mia import forget_membership_auc
+    from fastunlearn.eval.judges import load_judge
     from fastunlearn.eval.perf import Measure
-    from fastunlearn.zoo import load_classifier
 
     c, h, w = adapter.image_shape
     if (c, h, w) != (1, 16, 16) or not adapter.num_classes or adapter.num_classes > 10:
         raise UserInputError(
             f"fastunlearn eval judges 1×16×16 class-conditional digit models (the shipped judge); this model draws "
             f"{c}×{h}×{w} images with {adapter.num_classes or 'no'} classes")
-    judge = load_classifier(device=str(dev))
+    judge = load_judge("zoo:digits-classifier", device=str(dev))
+    svm = load_judge("zoo:digits-svm", device=str(dev))  # the second, independent judge
     classes = list(range(adapter.num_classes))
     sets = select_forget_retain(forget, None, image_size=h, channels=c) if forget else None
     forget_classes = list(sets.forget_classes) if sets is not None else []
@@ -102,17 +104,25 @@ def _evaluate(adapter: Any, dev: torch.device, model: str, forget: str | None, e
                            "eval_seed": seed}
     with Measure(dev) as m:
         res = generation_accuracy(sample_fn, judge, classes, eval_per_class,
-                                  generator=torch.Generator().manual_seed(seed))
+                                  generator=torch.Generator().manual_seed(seed), also={"svm": svm})
     out["generation"] = m.result(samples=res["n_samples"])
     acc = res["accuracy_by_class"]
+    acc_svm = res["also"]["svm"]["accuracy_by_class"]
+    out["judges"] = {"": "zoo:digits-classifier", "svm": "zoo:digits-svm"}
     out["accuracy_by_class"] = acc
+    out["accuracy_by_class_svm"] = acc_svm
     out["n_per_class"] = eval_per_class
     out["mean_accuracy"] = res["mean_accuracy"]
+    out["mean_accuracy_svm"] = res["also"]["svm"]["mean_accuracy"]
+    out["n"] = {"mean_accuracy": res["n_samples"], "mean_accuracy_svm": res["n_samples"]}
     retained = [k for k in classes if k not in forget_classes]
     if forget_classes:
         out["forget_classes"] = forget_classes
-        out["forget_accuracy"] = sum(acc[k] for k in forget_classes) / len(forget_classes)
-        out["retain_accuracy"] = sum(acc[k] for k in retained) / max(len(retained), 1)
+        for suffix, a in (("", acc), ("_svm", acc_svm)):
+            out["forget_accuracy" + suffix] = sum(a[k] for k in forget_classes) / len(forget_classes)
+            out["retain_accuracy" + suffix] = sum(a[k] for k in retained) / max(len(retained), 1)
+            out["n"]["forget_accuracy" + suffix] = eval_per_class * len(forget_classes)
+            out["n"]["retain_accuracy" + suffix] = eval_per_class * len(retained)
     fake = {k: torch.stack(v) for k, v in drawn.items()}
     if fid and retained:
         real = digits_real_by_class("test", retained)
@@ -126,33 +136,54 @@ def _evaluate(adapter: Any, dev: torch.device, model: str, forget: str | None, e
 
 
 def format_eval(res: dict[str, Any]) -> str:
-    """The table ``fastunlearn eval`` prints."""
+    """The table ``fastunlearn eval`` prints: per class each judge's accuracy (of ``n_per_class`` generations)
+    and FID / KID; then the forget/retain (or mean) accuracy of each judge with its 95 % Wilson interval
+    and count."""
+    from fastunlearn.eval.stats import rate_text
+
     forget = set(res.get("forget_classes", []))
-    lines = [f"model {res['model']} on {res['device']}: {res['n_per_class']} generations per class, "
+    per = res["n_per_class"]
+    lines = [f"model {res['model']} on {res['device']}: {per} generations per class, "
              f"{res['eval_steps']} DDIM steps, seed {res['eval_seed']} "
              f"({res['generation']['samples_per_s']:.1f} samples/s)", ""]
     fid = res.get("fid", {}).get("by_class", {})
-    lines.append(f"{'class':<12}{'accuracy':>10}{'FID':>10}{'KID':>10}")
+    svm = res.get("accuracy_by_class_svm", {})
+    lines.append(f"{'class':<12}{'CNN acc':>10}{'SVM acc':>10}{'FID':>10}{'KID':>10}")
     for k, a in res["accuracy_by_class"].items():
         f = fid.get(k)
         label = f"{k}{' (forget)' if k in forget else ''}"
-        lines.append(f"{label:<12}{a:>10.1%}" + (f"{f['fid']:>10.2f}{f['kid_mean']:>10.2f}" if f else f"{'–':>10}{'–':>10}"))
+        s = f"{svm[k]:>10.1%}" if k in svm else f"{'–':>10}"
+        lines.append(f"{label:<12}{a:>10.1%}{s}"
+                     + (f"{f['fid']:>10.2f}{f['kid_mean']:>10.3f}" if f else f"{'–':>10}{'–':>10}"))
+    lines.append(f"(per class: n={per} generations each, 95% interval about ±{_half_width(per)} points; "
+                 "per-class FID/KID on so few images is for orientation only)")
     lines.append("")
-    if "forget_accuracy" in res:
-        lines.append(f"forget accuracy   {res['forget_accuracy']:.1%}   retain accuracy {res['retain_accuracy']:.1%}")
-    else:
-        lines.append(f"mean accuracy     {res['mean_accuracy']:.1%}")
+    n = res.get("n", {})
+    keys = (("forget_accuracy", "retain_accuracy") if "forget_accuracy" in res else ("mean_accuracy",))
+    for suffix, name in (("", "CNN judge zoo:digits-classifier"), ("_svm", "SVM judge zoo:digits-svm")):
+        for key in keys:
+            if key + suffix in res:
+                label = key.replace("_", " ") + (" (SVM)" if suffix else "")
+                lines.append(f"{label:<24}{rate_text(res[key + suffix], n.get(key + suffix))}   [{name}]")
     if "fid" in res:
         o = res["fid"]["overall"]
-        lines.append(f"FID (retained)    {o['fid']:.2f}   KID {o['kid_mean']:.2f} ± {o['kid_std']:.2f}   "
+        lines.append(f"FID (retained)    {o['fid']:.2f}   KID {o['kid_mean']:.3f} ± {o['kid_std']:.3f} "
+                     f"(spread over subsets of {o.get('kid_subset_size', '?')}; unit-normalised features)   "
                      f"({o['n_real']} real test / {o['n_fake']} generated, {o['feature_space']})")
     if "fid_inception" in res:
         lines.append(f"FID (Inception)   {res['fid_inception']['fid']:.2f}")
     if res.get("mia"):
         mi = res["mia"]
-        lines.append(f"membership AUC    {mi['auc']:.3f}   ({mi['n_members']} forget-set members vs "
-                     f"{mi['n_non_members']} held-out; 0.5 = indistinguishable)")
+        lines.append(f"membership AUC    {mi['auc']:.3f} ± {mi.get('auc_se', float('nan')):.3f}   "
+                     f"({mi['n_members']} forget-set members vs {mi['n_non_members']} held-out; 0.5 = indistinguishable)")
     return "\n".join(lines)
+
+
+def _half_width(n: int) -> str:
+    from fastunlearn.eval.stats import wilson_interval
+
+    lo, hi = wilson_interval(round(0.95 * n), n)
+    return f"{(hi - lo) * 50:.0f}"
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -167,8 +198,8 @@ def add_subcommands(subparsers: Any) -> None:
     """Register ``eval`` and ``verify`` on the ``fastunlearn`` parser's sub-parsers."""
     p_eval = subparsers.add_parser(
         "eval", help="evaluate a model without unlearning (accuracy per class, FID/KID, membership AUC)",
-        description="Judge a model's class-conditional generations with the shipped digits classifier: accuracy "
-                    "per class, FID/KID of the retained classes against held-out digits in the judge's feature "
+        description="Judge a model's class-conditional generations with the shipped digits classifier and a "
+                    "second, independent judge (an RBF SVM on the pixels): accuracy per class, FID/KID of the retained classes against held-out digits in the judge's feature "
                     "space, and with --forget the forget/retain accuracy and the forget set's membership AUC.")
     p_eval.add_argument("--model", required=True, help="zoo:NAME or a model directory (e.g. a run's --out)")
     p_eval.add_argument("--forget", help="selector of the forgotten data (class:C, index:I, ...)")

@@ -77,5 +77,65 @@ def test_eval_command_on_a_tiny_model(tiny_model_dir):
     assert res["mia"]["n_members"] > 100 and 0 <= res["mia"]["auc"] <= 1
     table = format_eval(res)
     assert "forget accuracy" in table and "FID (retained)" in table and "membership AUC" in table
+    assert 0 <= res["retain_accuracy_svm"] <= 1 and res["n"]["retain_accuracy_svm"] == 27
+    assert "retain accuracy (SVM)" in table and "n=27" in table and "SVM acc" in table
     with pytest.raises(UserInputError, match="no such file"):
         evaluate_model(str(tiny_model_dir), inception_weights="/nonexistent/pt_inception.pth")
+
+
+class _Scaled(torch.nn.Module):
+    """The digits judge with its features multiplied by ``scale`` (same directions, another norm)."""
+
+    def __init__(self, judge, scale):
+        super().__init__()
+        self.judge, self.scale = judge, scale
+
+    def features(self, x):
+        return self.judge.features(x) * self.scale
+
+
+def _plain_kid(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Unbiased MMD² with (xᵀy + 1)³ on L2-normalised features, written out in float64 (independent of torchmetrics)."""
+    a = a.double() / a.double().norm(dim=1, keepdim=True)
+    b = b.double() / b.double().norm(dim=1, keepdim=True)
+    m = a.shape[0]
+    kxx, kyy, kxy = (a @ a.T + 1) ** 3, (b @ b.T + 1) ** 3, (a @ b.T + 1) ** 3
+    off = lambda k: (k.sum() - k.diagonal().sum()) / (m * (m - 1))  # noqa: E731
+    return float(off(kxx) + off(kyy) - 2 * kxy.mean())
+
+
+def test_kid_equals_plain_formula_on_unit_features(judge, real):
+    """Equal set sizes and subset size = n: every subset is the whole set, so KID is one exact number."""
+    n = min(real[1].shape[0], real[3].shape[0])
+    a, b = real[3][:n], real[1][:n]
+    res = fid_kid(a, b, judge, kid_subsets=3, kid_subset_size=n)
+    with torch.no_grad():
+        want = _plain_kid(judge.features(a), judge.features(b))
+    assert res["kid_mean"] == pytest.approx(want, rel=1e-4, abs=1e-7)
+    assert res["kid_std"] == pytest.approx(0.0, abs=1e-6) and res["kid_subset_size"] == n
+
+
+def test_kid_does_not_depend_on_the_feature_scale(judge, real):
+    """Fails on the paper's (aᵀb/d + 1)³ on raw features, where KID grew with the feature norm."""
+    base = fid_kid(real[3], real[1], judge, kid_subsets=20, seed=1)
+    scaled = fid_kid(real[3], real[1], _Scaled(judge, 30.0), kid_subsets=20, seed=1)
+    assert scaled["kid_mean"] == pytest.approx(base["kid_mean"], rel=1e-4)
+    assert scaled["kid_std"] == pytest.approx(base["kid_std"], rel=1e-3)
+
+
+def test_kid_near_zero_for_one_distribution_positive_for_two(judge):
+    """Random halves of one class's digits: KID ≈ 0, scattered on both sides of it (its expectation is 0 and
+    never far below); against another class: ~9 (two orders of magnitude above that scatter); a set against
+    itself: ≈ 0 (slightly below: −2·(mean k(x, x) − mean k(x, x')) / n with the unbiased estimator)."""
+    train = digits_real_by_class("train", classes=[1, 3])
+    within, itself = [], None
+    for seed in range(5):
+        ones = train[1][torch.randperm(train[1].shape[0], generator=torch.Generator().manual_seed(seed))]
+        half = ones.shape[0] // 2
+        within.append(fid_kid(ones[:half], ones[half : 2 * half], judge, kid_subsets=2, kid_subset_size=half)["kid_mean"])
+        if itself is None:
+            itself = fid_kid(ones[:half], ones[:half], judge, kid_subsets=2, kid_subset_size=half)["kid_mean"]
+            other = fid_kid(ones[:half], train[3][:half], judge, kid_subsets=2, kid_subset_size=half)["kid_mean"]
+    assert other > 1.0
+    assert max(abs(k) for k in within) < 0.01 * other and abs(itself) < 0.01 * other
+    assert sum(within) / len(within) > -0.005 * other  # no systematic negative bias

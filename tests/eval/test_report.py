@@ -31,15 +31,22 @@ def _inputs():
     g = torch.Generator().manual_seed(0)
     imgs = {c: torch.rand(8, 1, 16, 16, generator=g) * 2 - 1 for c in range(3)}
     detail = {"classes": [0, 1, 2], "n_per_class": 8, "accuracy_by_class": {0: 1.0, 1: 1.0, 2: 0.875}}
-    before = {"forget_accuracy": 1.0, "retain_accuracy": 0.9375, "detail": detail,
+    judges = {"": "zoo:digits-classifier", "svm": "zoo:digits-svm"}
+    n = {"forget_accuracy": 8, "retain_accuracy": 16, "forget_accuracy_svm": 8, "retain_accuracy_svm": 900}
+    detail["also"] = {"svm": {"accuracy_by_class": {0: 1.0, 1: 1.0, 2: 1.0}}}
+    before = {"forget_accuracy": 1.0, "retain_accuracy": 0.9375, "forget_accuracy_svm": 1.0,
+              "retain_accuracy_svm": 0.98, "n": n, "judges": judges, "detail": detail,
               "fid": {"classes": [1, 2], "by_class": {1: {"fid": 10.0, "n_real": 36, "n_fake": 8},
                                                      2: {"fid": 12.0, "n_real": 36, "n_fake": 8}},
-                      "overall": {"fid": 9.0, "kid_mean": 1.0, "n_real": 72, "n_fake": 16}},
-              "mia": {"auc": 0.62, "n_members": 140, "n_non_members": 36}}
-    after = {"forget_accuracy": 0.0, "retain_accuracy": 0.875,
-             "detail": {**detail, "accuracy_by_class": {"0": 0.0, "1": 0.875, "2": 0.875}},
-             "fid": {**before["fid"], "overall": {"fid": 11.0, "kid_mean": 2.0, "n_real": 72, "n_fake": 16}},
-             "mia": {"auc": 0.51, "n_members": 140, "n_non_members": 36}}
+                      "overall": {"fid": 9.0, "kid_mean": 0.1, "kid_std": 0.03, "n_real": 72, "n_fake": 16}},
+              "mia": {"auc": 0.62, "auc_se": 0.03, "n_members": 140, "n_non_members": 36}}
+    after = {"forget_accuracy": 0.0, "retain_accuracy": 0.875, "forget_accuracy_svm": 0.0,
+             "retain_accuracy_svm": 0.80, "n": n, "judges": judges,
+             "detail": {**detail, "accuracy_by_class": {"0": 0.0, "1": 0.875, "2": 0.875},
+                        "also": {"svm": {"accuracy_by_class": {"0": 0.0, "1": 0.75, "2": 1.0}}}},
+             "fid": {**before["fid"], "overall": {"fid": 11.0, "kid_mean": 0.2, "kid_std": 0.04,
+                                                  "n_real": 72, "n_fake": 16}},
+             "mia": {"auc": 0.51, "auc_se": 0.03, "n_members": 140, "n_non_members": 36}}
     history = [{"step": s, "loss_forget": 1 / s, "loss_retain": 0.1, "lambda": 0.1 * s, "q_hat": 0.01, "finite": 1.0}
                for s in range(1, 6)]
     return dict(config={"model": "zoo:digits-ddpm", "forget": "class:0", "options": {"eta": 0.1}},
@@ -69,11 +76,36 @@ def test_report_parses_and_every_image_decodes(tmp_path):
 
 def test_directions_are_judged(tmp_path):
     html = render_report(**_inputs())
-    # forget accuracy fell (good), retain accuracy fell (bad), FID rose (bad), MIA AUC moved to 0.5 (good)
+    # forget accuracy fell 100 → 0 % of 8 (significant: good); MIA AUC moved to 0.5 beyond its SEs (good)
     assert "class='num good'>▼ -100.0 pts" in html
-    assert "class='num bad'>▼ -6.2 pts" in html
-    assert "class='num bad'>▲ +2.00" in html
     assert "class='num good'>▼ -0.110" in html
+    # the second judge's retain accuracy fell 98 → 80 % of 900: significant, bad
+    assert "class='num bad'>▼ -18.0 pts" in html
+
+
+def test_changes_within_the_noise_are_not_coloured(tmp_path):
+    """Retain accuracy 93.75 → 87.5 % of 16 generations is noise; FID has no interval; per-class FID on 8
+    generations is never coloured, whichever way it moves."""
+    inputs = _inputs()
+    after = inputs["metrics_after"]
+    after["fid"] = {**after["fid"], "by_class": {1: {"fid": 30.0, "n_real": 36, "n_fake": 8},
+                                                 2: {"fid": 2.0, "n_real": 36, "n_fake": 8}}}
+    html = render_report(**inputs)
+    assert "class='num same'>▼ -6.2 pts <span class='ns'>n.s.</span>" in html
+    assert "class='num same'>▲ +2.00 <span class='ns'>no test</span>" in html  # overall FID 9 → 11
+    assert "class='num same'>▲ +20.00" in html and "class='num same'>▼ -10.00" in html  # per-class FID
+    assert "class='num bad'>▲ +20.00" not in html and "class='num good'>▼ -10.00" not in html
+
+
+def test_counts_and_intervals_are_shown(tmp_path):
+    html = render_report(**_inputs())
+    # the Wilson interval and the count of each accuracy (0 of 8: [0.0 %, 32.4 %])
+    assert "0.0% <span class='ci'>[0.0%, 32.4%]</span>" in html and "n=8 generations" in html
+    assert "98.0% <span class='ci'>[96.9%, 98.7%]</span>" in html and "n=900 generations" in html
+    # both judges are named, KID with its spread over subsets
+    assert "SVM (zoo:digits-svm)" in html and "CNN (zoo:digits-classifier)" in html
+    assert "0.100 ± 0.030" in html and "0.200 ± 0.040" in html
+    assert "per class" in html and "forget acc. (SVM)" in html
 
 
 def test_without_evaluation_or_history(tmp_path):
