@@ -1,8 +1,12 @@
 """Evaluation: what a run is measured by, and the files a person or an auditor reads afterwards.
 
+- :mod:`~fastunlearn.eval.evaluate`: the run's before/after evaluation and its judge panel by image shape;
+- :mod:`~fastunlearn.eval.judges`: the judges by name (``load_judge("zoo:digits-svm")``: the second,
+  independent judge; ``"zoo:digits-classifier"``: the first);
 - :mod:`~fastunlearn.eval.classifier`: judged generation accuracy per class (forget / retain accuracy) and the
-  unconditional share of a class;
-- :mod:`~fastunlearn.eval.fid`: FID/KID in the judge's feature space via torchmetrics (Inception only from a
+  unconditional share of a class, by one judge and optionally others on the same generations;
+- :mod:`~fastunlearn.eval.stats`: binomial (Wilson) intervals and the significance rule of the report;
+- :mod:`~fastunlearn.eval.fid`: FID/KID (KID on L2-normalised features) in the judge's feature space via torchmetrics (Inception only from a
   local weight file), per retained class and overall;
 - :mod:`~fastunlearn.eval.mia`: loss-based membership-inference AUC of the forget set vs held-out images;
 - :mod:`~fastunlearn.eval.perf`: wall time, throughput, peak memory;
