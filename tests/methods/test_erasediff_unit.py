@@ -55,8 +55,8 @@ def test_unconditional_forgetting_uses_the_null_branch(make_tiny_unet, monkeypat
     method.setup(adapter, MethodConfig(lr=1e-3, options=options, forget_classes=(0,), unconditional=True))
     x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(7)) * 2 - 1
     with record_erasediff_step(method, monkeypatch) as rec:
-        method.step(Batch(x[:4], torch.zeros(4, dtype=torch.long), torch.Generator().manual_seed(3)),
-                    Batch(x[4:], torch.tensor([1, 2, 3, 4]), torch.Generator().manual_seed(3)))
+        gen = torch.Generator().manual_seed(3)
+        method.step(Batch(x[:4], torch.zeros(4, dtype=torch.long), gen), Batch(x[4:], torch.tensor([1, 2, 3, 4]), gen))
     want = plain.step(x[:4], torch.full((4,), 10), x[4:], torch.tensor([1, 2, 3, 4]), torch.Generator().manual_seed(3))
     assert_flat_close(method.flat.views(rec.g_inner[0]), want.g_f, "∇L_f under the null label")
 
