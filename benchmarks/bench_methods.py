@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.argv = list(argv if argv is not None else sys.argv[1:])
     args.lr = {}
     if args.smoke:
-        args.steps, args.every, args.per_class, args.eval_steps, args.fid_per_class = 2, 1, 2, 2, 4
+        args.steps, args.every, args.per_class, args.eval_steps, args.fid_per_class = 2, 2, 2, 2, 4
     torch.set_num_threads(1)  # the engine's choice for this model on the CPU (engine.cpu_threads)
     torch.manual_seed(args.seed)
     wanted = args.methods.split(",")
