@@ -53,6 +53,17 @@ def test_resume_after_crash_is_bitwise_identical(tiny_model_dir, tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), f"{name} differs after resume"
+    # Equal weights prove nothing if neither run trained: the (equal) weights must have moved from the initial
+    # model by an lr-sized amount, in every tensor (measured: max |ΔW| ≥ 1.1e-3 per tensor, mean 0.9e-3).
+    start = _weights(tiny_model_dir)
+    assert start.keys() == a.keys()
+    lr = 1e-3
+    for name in a:
+        delta = (a[name].double() - start[name].double()).abs()
+        assert float(delta.max()) > 0.2 * lr, f"{name} did not train: max |ΔW| = {float(delta.max()):.3g}"
+    flat = torch.cat([(a[n].double() - start[n].double()).abs().reshape(-1) for n in a])
+    assert float((flat > 0.01 * lr).double().mean()) > 0.9, "most weights must have moved (99% do here)"
+    assert float(flat.mean()) > 0.2 * lr  # ~0.9·lr here
     log = (resumed.out_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in log] == [1, 2, 3, 4, 5, 6]
     assert not _partial_dir(crashed_out).exists()
