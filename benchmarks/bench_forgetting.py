@@ -1,25 +1,34 @@
 """Forgetting per outer step: fastunlearn's EraseDiff vs the authors' loop, from the same model, same rows.
 
-    python benchmarks/bench_forgetting.py --jobs 2 --variant eta=0.1   # 4 seeds, 5 checkpoints; ~25 min on 2 cores
+    python benchmarks/bench_forgetting.py --jobs 2                     # 4 seeds, 5 checkpoints, both judges
+    python benchmarks/bench_forgetting.py --references default,adaptive --variant eta=0.1
     python benchmarks/bench_forgetting.py --smoke                      # 2 steps, 1 seed, writes nothing
 
-Both start from the shipped ``zoo:digits-ddpm`` and unlearn digit 0 with the same forget and retain rows at
+All start from the shipped ``zoo:digits-ddpm`` and unlearn digit 0 with the same forget and retain rows at
 every outer step (:class:`bench_step.Sides`; one row stream per seed). Each runs at its own settings:
 
 - ``fastunlearn`` — the library's EraseDiff step at the **digits default** (``UnlearnConfig().resolved()``, as
   ``fastunlearn run`` resolves it: BOME rule, η 0.5, Adam lr 1e-4, batch 32 per side, grad-clip 1, EMA 0.95) on the
   engine's fast path for the CPU, exactly what ``fastunlearn run`` runs;
-- ``reference`` — :class:`reference_erasediff.ReferenceEraseDiff`, the authors' outer step (K = 2 inner forget
-  steps on the live optimizer, the adaptive cosine rule, lr 1e-4, grad-clip 1) with the same EMA 0.95, so
-  both are judged on the weights a run would save;
+- ``reference-default`` — :class:`reference_erasediff.ReferenceEraseDiffDefault`, **the authors' default code
+  path** (``--lambda_bome 0.1``): fixed λ = 0.1 (the authors' η_bome), one backward of L_r + λ·L_q per outer
+  step, and at the start of every round (S = 2 rounds an epoch) K = 2 full passes over the forget set with
+  Adam steps on the live optimizer, θ saved before and restored after them (digits class 0, batch 32: 10 inner
+  steps every 5 outer steps); lr 1e-4, grad-clip 1;
+- ``reference-adaptive`` (``--references default,adaptive``) — :class:`reference_erasediff.ReferenceEraseDiffAdaptive`,
+  the authors' adaptive-λ branch (``--lambda_bome < 0``: K = 2 live inner steps inside every outer step, the
+  cosine rule λ = max(0, η − cos) at the authors' η_bome = 0.1);
 - ``fastunlearn KEY=VALUE`` (``--variant``) — the library's step with those options over its defaults (e.g.
-  ``eta=0.1``, the default before 2026-11-28), to show what a setting does per step.
+  ``eta=0.1``), to show what a setting does per step.
 
-At every checkpoint (cumulative outer steps) each is evaluated on its EMA weights as the default job
-evaluates: ``--per-class`` seeded DDIM samples per class (``--eval-steps`` steps, the same noise for both)
-judged by the shipped digits classifier; forget = accuracy on digit 0, retain = mean accuracy on 1–9.
-``train_s`` is the cumulative time in the steps only (evaluation excluded), one torch thread; under ``--jobs``
-the seeds run in parallel processes, each timing its implementations one after the other.
+Both references keep the library's EMA (0.95) so that every implementation is judged on the weights a run
+would save. At every checkpoint (cumulative outer steps) each is evaluated on its EMA weights as the default
+job evaluates: ``--per-class`` seeded DDIM samples per class (``--eval-steps`` steps, the same noise for all),
+each sample judged by BOTH judges — the shipped CNN (``zoo:digits-classifier``, the one the defaults were first
+tuned against) and the independent RBF SVM (``zoo:digits-svm``, another model family); forget = accuracy on
+digit 0, retain = mean accuracy on 1–9. ``train_s`` is the cumulative time in the steps only (evaluation
+excluded), one torch thread; under ``--jobs`` the seeds run in parallel processes, each timing its
+implementations one after the other.
 
 With 100 samples per class one forget-class sample is 1 point, so single runs differ by a few points from
 the row draw alone; ``--seeds`` repeats the whole comparison on independent row streams and the README shows
@@ -38,18 +47,46 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import RESULTS, append_csv, environment, print_table  # noqa: E402
-from bench_methods import Evaluator, ema_weights  # noqa: E402
-from bench_step import Sides, build, fast_path_of, library_step  # noqa: E402
-from reference_erasediff import ReferenceEraseDiff  # noqa: E402
+from bench_methods import ema_weights  # noqa: E402
+from bench_step import FORGET_CLASS, Sides, build, fast_path_of, library_step  # noqa: E402
+from reference_erasediff import ReferenceEraseDiffAdaptive, ReferenceEraseDiffDefault  # noqa: E402
 
-from fastunlearn.api import _judge  # noqa: E402
 from fastunlearn.config import UnlearnConfig  # noqa: E402
+from fastunlearn.eval.classifier import generation_accuracy  # noqa: E402
+from fastunlearn.eval.judges import DIGITS_JUDGES, JUDGES, load_judge  # noqa: E402
 from fastunlearn.methods import base as methods  # noqa: E402
 from fastunlearn.models.ddpm import DDPMAdapter  # noqa: E402
 
-#: the reference's λ rule parameter: the cosine rule at η 0.5 (the library's cosine default; the authors'
-#: code gives no η for it, see METHODS.md)
-REFERENCE_ETA = 0.5
+#: the authors' η_bome (METHODS.md): the fixed λ of their default path, and η of their adaptive branch
+AUTHORS_ETA = 0.1
+REFERENCES = ("default", "adaptive")
+#: the judges' short names, in order ("cnn": the shipped classifier, "svm": the independent one)
+JUDGE_NAMES = tuple(JUDGES[j] for j in DIGITS_JUDGES)
+METRICS = tuple(f"{side}_{j}" for j in JUDGE_NAMES for side in ("forget", "retain"))
+
+
+class Judged:
+    """Seeded generations of every class (the same noise at every call), each judged by both digits judges:
+    ``{forget_cnn, retain_cnn, forget_svm, retain_svm}`` (forget = digit 0, retain = mean over 1–9)."""
+
+    def __init__(self, per_class: int, steps: int, seed: int = 1234):
+        self.per_class, self.steps, self.seed = per_class, steps, seed
+        self.judges = [load_judge(j) for j in DIGITS_JUDGES]
+
+    def __call__(self, adapter) -> dict:
+        was = adapter.unet.training
+        adapter.unet.eval()
+        gen = torch.Generator().manual_seed(self.seed)
+        res = generation_accuracy(lambda n, y, generator=None: adapter.generate(n, y, steps=self.steps, generator=generator),
+                                  self.judges[0], list(range(adapter.num_classes)), self.per_class, generator=gen,
+                                  also={JUDGE_NAMES[1]: self.judges[1]})
+        adapter.unet.train(was)
+        out = {}
+        for name, acc in ((JUDGE_NAMES[0], res["accuracy_by_class"]), (JUDGE_NAMES[1], res["also"][JUDGE_NAMES[1]]["accuracy_by_class"])):
+            retained = [c for c in acc if c != FORGET_CLASS]
+            out[f"forget_{name}"] = acc[FORGET_CLASS]
+            out[f"retain_{name}"] = sum(acc[c] for c in retained) / len(retained)
+        return out
 
 
 def library_settings(options: dict | None = None) -> tuple[dict, float, int]:
@@ -75,12 +112,12 @@ def parse_variant(text: str) -> dict:
 
 
 def compare(checkpoints: list[int], seed: int, per_class: int, eval_steps: int, variants: list[str],
-            threads: int = 1) -> list[dict]:
-    """Rows {seed, impl, steps, forget, retain, train_s} for every implementation at each checkpoint (one seed;
-    run in its own process under ``--jobs``)."""
+            threads: int = 1, references: tuple[str, ...] = ("default",)) -> list[dict]:
+    """Rows {seed, impl, steps, forget_cnn, retain_cnn, forget_svm, retain_svm, train_s} for every implementation
+    at each checkpoint (one seed; run in its own process under ``--jobs``)."""
     torch.set_num_threads(threads)
     adapter, retained, images, labels = build("digits", torch.device("cpu"))
-    evaluator = Evaluator(_judge(adapter), per_class, eval_steps)
+    evaluator = Judged(per_class, eval_steps)
     options, lr, batch = library_settings()
     sides = Sides(images, labels, batch, seed=seed)
     device = adapter.device
@@ -94,19 +131,28 @@ def compare(checkpoints: list[int], seed: int, per_class: int, eval_steps: int, 
                 return evaluator(lib.adapter)
 
         impls.append((label, step, judge))
-    ref_unet = copy.deepcopy(adapter.unet)
-    ref = ReferenceEraseDiff().setup(ref_unet, adapter.scheduler, retained, lr=lr, eta=REFERENCE_ETA,
-                                     ema_decay=methods.parse_options("erasediff", options).ema_decay)
+    ema_decay = methods.parse_options("erasediff", options).ema_decay
 
-    def judge_ref():
-        unet = copy.deepcopy(ref.unet)
-        with torch.no_grad():
-            ema = ref.ema_state()
-            for n, p in unet.named_parameters():
-                p.copy_(ema[n])
-        return evaluator(DDPMAdapter(unet, adapter.scheduler, null_label=adapter.null_label))
+    def judged(ref):
+        def judge():
+            unet = copy.deepcopy(ref.unet)
+            with torch.no_grad():
+                ema = ref.ema_state()
+                for n, p in unet.named_parameters():
+                    p.copy_(ema[n])
+            return evaluator(DDPMAdapter(unet, adapter.scheduler, null_label=adapter.null_label))
+        return judge
 
-    impls.append(("reference", lambda i: ref.step(*sides.draw(i)), judge_ref))
+    for name in references:
+        if name == "default":
+            forget_rows = labels == FORGET_CLASS
+            ref = ReferenceEraseDiffDefault().setup(copy.deepcopy(adapter.unet), adapter.scheduler, retained,
+                                                    forget_images=images[forget_rows], forget_labels=labels[forget_rows],
+                                                    batch=batch, lr=lr, lam=AUTHORS_ETA, ema_decay=ema_decay)
+        else:
+            ref = ReferenceEraseDiffAdaptive().setup(copy.deepcopy(adapter.unet), adapter.scheduler, retained, lr=lr,
+                                                     eta=AUTHORS_ETA, ema_decay=ema_decay)
+        impls.append((f"reference-{name}", lambda i, ref=ref: ref.step(*sides.draw(i)), judged(ref)))
     rows = []
     for impl, step, judge in impls:
         spent, done = 0.0, 0
@@ -117,10 +163,11 @@ def compare(checkpoints: list[int], seed: int, per_class: int, eval_steps: int, 
                 spent += time.perf_counter() - t0
             done = stop
             acc = judge()
-            rows.append({"seed": seed, "impl": impl, "steps": stop, "forget": round(acc["forget"], 4),
-                         "retain": round(acc["retain"], 4), "train_s": round(spent, 1)})
-            print(f"  seed {seed} {impl:11s} {stop:4d} steps: forget {acc['forget']:.1%}  "
-                  f"retain {acc['retain']:.1%}  ({spent:.1f} s)", flush=True)
+            rows.append({"seed": seed, "impl": impl, "steps": stop, **{k: round(acc[k], 4) for k in METRICS},
+                         "train_s": round(spent, 1)})
+            print(f"  seed {seed} {impl:18s} {stop:4d} steps: "
+                  + "  ".join(f"{j}: forget {acc['forget_' + j]:.1%} retain {acc['retain_' + j]:.1%}" for j in JUDGE_NAMES)
+                  + f"  ({spent:.1f} s)", flush=True)
     return rows
 
 
@@ -132,7 +179,7 @@ def means(rows: list[dict]) -> list[dict]:
             group = [r for r in rows if (r["impl"], r["steps"]) == (impl, steps)]
             out.append({"seed": "mean", "impl": impl, "steps": steps,
                         **{k: round(sum(r[k] for r in group) / len(group), 4 if k != "train_s" else 1)
-                           for k in ("forget", "retain", "train_s")}})
+                           for k in METRICS + ("train_s",)}})
     return out
 
 
@@ -145,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                     help="also run the library with these EraseDiff options over its defaults (repeatable), "
                          "e.g. eta=0.1")
+    ap.add_argument("--references", default="default",
+                    help="authors' references to run, comma-separated: default (their --lambda_bome 0.1 path), "
+                         "adaptive (their adaptive-λ branch)")
     ap.add_argument("--per-class", type=int, default=100, help="judged generations per class")
     ap.add_argument("--eval-steps", type=int, default=10, help="DDIM steps of the evaluation sampler")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (1: stable timings)")
@@ -156,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         checkpoints = sorted({int(c) for c in args.checkpoints.split(",")})
         for v in args.variant:
             parse_variant(v)
+        references = tuple(dict.fromkeys(r.strip() for r in args.references.split(",") if r.strip()))
+        unknown = [r for r in references if r not in REFERENCES]
+        if unknown:
+            raise ValueError(f"unknown --references {', '.join(unknown)}; expected some of {', '.join(REFERENCES)}")
     except Exception as exc:  # noqa: BLE001 - a bad flag value, reported as such
         ap.error(str(exc))
     if not checkpoints or checkpoints[0] <= 0 or min(args.seeds, args.jobs, args.per_class, args.eval_steps) <= 0:
@@ -169,13 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"library: erasediff at its run defaults (λ rule {options['lambda_rule']}, η {options['eta']}), lr {lr}, "
           f"batch {batch}"
           + "".join(f"; variant {v}" for v in args.variant)
-          + f"; reference: cosine η {REFERENCE_ETA}, K=2 live inner steps, lr {lr}; "
-          f"{args.per_class} generations/class, DDIM-{args.eval_steps}", flush=True)
+          + "".join(f"; reference-{r}" for r in references)
+          + f" (authors' λ/η {AUTHORS_ETA}, lr {lr}); {args.per_class} generations/class, DDIM-{args.eval_steps}, "
+          f"judges {', '.join(DIGITS_JUDGES)}", flush=True)
     adapter = build("digits", device)[0]
-    base = Evaluator(_judge(adapter), args.per_class, args.eval_steps)(adapter)
-    rows = [{"seed": "-", "impl": "before", "steps": 0, "forget": round(base["forget"], 4),
-             "retain": round(base["retain"], 4), "train_s": 0.0}]
-    work = [(checkpoints, seed, args.per_class, args.eval_steps, args.variant, args.threads) for seed in range(args.seeds)]
+    base = Judged(args.per_class, args.eval_steps)(adapter)
+    rows = [{"seed": "-", "impl": "before", "steps": 0, **{k: round(base[k], 4) for k in METRICS}, "train_s": 0.0}]
+    work = [(checkpoints, seed, args.per_class, args.eval_steps, args.variant, args.threads, references)
+            for seed in range(args.seeds)]
     if args.jobs == 1:
         per_seed = [r for w in work for r in compare(*w)]
     else:
@@ -185,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
             per_seed = [r for rs in pool.map(compare, *zip(*work)) for r in rs]
     rows += per_seed + means(per_seed)
-    print_table(rows, ["seed", "impl", "steps", "forget", "retain", "train_s"])
+    print_table(rows, ["seed", "impl", "steps", *METRICS, "train_s"])
     if not args.smoke and args.csv:
         path = Path(args.csv)
         append_csv(path, [{**env, "batch": batch, "per_class": args.per_class, "eval_steps": args.eval_steps, **r}

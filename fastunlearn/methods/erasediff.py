@@ -135,7 +135,7 @@ class EraseDiff(GradientMethod):
         (89% and 78% retain accuracy after 40 steps). Under the cosine rule λ = max(0, η − cos) stays near η
         because cos(∇L_r, ∇L_f) is close to 0, so η = 0.5 there too (η = 1.0 measured: docs/architecture.md).
         """
-        return {"steps": 150, "batch_size": 32, "lr": 1e-4}
+        return {"steps": 300, "batch_size": 32, "lr": 1e-4}
 
     @staticmethod
     def fsdp_unsupported(options: EraseDiffOptions) -> str | None:

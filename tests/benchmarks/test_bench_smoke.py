@@ -34,8 +34,9 @@ def test_bench_forgetting_smoke(tmp_path):
                           "--references", "default,adaptive"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    lines = out.stdout[out.stdout.index("train_s"):].splitlines()
-    header, table = lines[0].split(), lines[1:]
+    lines = out.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.split()[:2] == ["seed", "impl"])
+    header, table = lines[at].split(), lines[at + 1:]
     assert header == ["seed", "impl", "steps", "forget_cnn", "retain_cnn", "forget_svm", "retain_svm", "train_s"], header
     impls = ("fastunlearn", "reference-default", "reference-adaptive")
     rows = [line.split() for line in table if line.split() and line.split()[1] in impls]
