@@ -141,13 +141,19 @@ class SalUn(GradientMethod):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["mask"] = None if self.drop is None else (~self.drop).clone()
+        # Per parameter, in each parameter's own shape: the flat buffer's order follows the parameters' memory
+        # layout (channels-last or not), so a flat mask would be permuted when resumed under another layout.
+        state["mask"] = None if self.drop is None else [v.contiguous().clone() for v in self.flat.views(~self.drop)]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         mask = state.get("mask")
-        self.drop = None if mask is None else ~mask.to(device=self.flat.device, dtype=torch.bool)
+        if mask is None:
+            self.drop = None
+            return
+        keep = self.flat.gather([m.to(device=self.flat.device, dtype=self.flat.dtype) for m in mask])
+        self.drop = keep == 0
 
 
 __all__ = ["SalUn", "SalUnOptions", "relabel_table"]

@@ -72,6 +72,21 @@ def test_salun_mask_keeps_half_on_the_params_device(make_tiny_unet):
     assert torch.equal(~fresh.drop, keep)
 
 
+def test_salun_mask_resumes_under_another_memory_layout(make_tiny_unet):
+    """A checkpointed mask belongs to parameters, not to buffer positions: saved from a contiguous model and
+    loaded into a channels-last one (whose flat buffer orders conv weights differently), every parameter
+    keeps the same weights."""
+    method = _setup("salun", DDPMAdapter(make_tiny_unet(), null_label=10))
+    keep = method.compute_mask([_batch(8, [0], 3)])
+    want = [v.contiguous() for v in method.flat.views(keep)]
+    unet = make_tiny_unet().to(memory_format=torch.channels_last)
+    assert any(p.dim() == 4 and not p.is_contiguous() for p in unet.parameters())
+    fresh = _setup("salun", DDPMAdapter(unet, null_label=10))
+    fresh.load_state_dict(method.state_dict())
+    got = [v.contiguous() for v in fresh.flat.views(~fresh.drop)]
+    assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want))
+
+
 @needs_zoo
 def test_salun_mask_on_the_digits_model_keeps_half():
     from fastunlearn.models.ddpm import load_adapter
