@@ -47,13 +47,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import RESULTS, append_csv, environment, print_table  # noqa: E402
-from bench_methods import ema_weights  # noqa: E402
+from bench_methods import Evaluator, ema_weights  # noqa: E402
 from bench_step import FORGET_CLASS, Sides, build, fast_path_of, library_step  # noqa: E402
 from reference_erasediff import ReferenceEraseDiffAdaptive, ReferenceEraseDiffDefault  # noqa: E402
 
 from fastunlearn.config import UnlearnConfig  # noqa: E402
-from fastunlearn.eval.classifier import generation_accuracy  # noqa: E402
-from fastunlearn.eval.judges import DIGITS_JUDGES, JUDGES, load_judge  # noqa: E402
+from fastunlearn.eval.judges import DIGITS_JUDGES, JUDGES  # noqa: E402
 from fastunlearn.methods import base as methods  # noqa: E402
 from fastunlearn.models.ddpm import DDPMAdapter  # noqa: E402
 
@@ -65,28 +64,12 @@ JUDGE_NAMES = tuple(JUDGES[j] for j in DIGITS_JUDGES)
 METRICS = tuple(f"{side}_{j}" for j in JUDGE_NAMES for side in ("forget", "retain"))
 
 
-class Judged:
-    """Seeded generations of every class (the same noise at every call), each judged by both digits judges:
-    ``{forget_cnn, retain_cnn, forget_svm, retain_svm}`` (forget = digit 0, retain = mean over 1–9)."""
-
-    def __init__(self, per_class: int, steps: int, seed: int = 1234):
-        self.per_class, self.steps, self.seed = per_class, steps, seed
-        self.judges = [load_judge(j) for j in DIGITS_JUDGES]
-
-    def __call__(self, adapter) -> dict:
-        was = adapter.unet.training
-        adapter.unet.eval()
-        gen = torch.Generator().manual_seed(self.seed)
-        res = generation_accuracy(lambda n, y, generator=None: adapter.generate(n, y, steps=self.steps, generator=generator),
-                                  self.judges[0], list(range(adapter.num_classes)), self.per_class, generator=gen,
-                                  also={JUDGE_NAMES[1]: self.judges[1]})
-        adapter.unet.train(was)
-        out = {}
-        for name, acc in ((JUDGE_NAMES[0], res["accuracy_by_class"]), (JUDGE_NAMES[1], res["also"][JUDGE_NAMES[1]]["accuracy_by_class"])):
-            retained = [c for c in acc if c != FORGET_CLASS]
-            out[f"forget_{name}"] = acc[FORGET_CLASS]
-            out[f"retain_{name}"] = sum(acc[c] for c in retained) / len(retained)
-        return out
+def judged(evaluator: Evaluator, adapter) -> dict:
+    """``{forget_cnn, retain_cnn, forget_svm, retain_svm}`` of ``adapter`` by :class:`bench_methods.Evaluator`
+    (both digits judges on the same seeded generations)."""
+    acc = evaluator(adapter)
+    return {f"{side}_{j}": acc[side + ("" if j == JUDGE_NAMES[0] else "_" + j)] for j in JUDGE_NAMES
+            for side in ("forget", "retain")}
 
 
 def library_settings(options: dict | None = None) -> tuple[dict, float, int]:
@@ -117,7 +100,7 @@ def compare(checkpoints: list[int], seed: int, per_class: int, eval_steps: int, 
     at each checkpoint (one seed; run in its own process under ``--jobs``)."""
     torch.set_num_threads(threads)
     adapter, retained, images, labels = build("digits", torch.device("cpu"))
-    evaluator = Judged(per_class, eval_steps)
+    evaluator = Evaluator(per_class, eval_steps)
     options, lr, batch = library_settings()
     sides = Sides(images, labels, batch, seed=seed)
     device = adapter.device
@@ -128,19 +111,19 @@ def compare(checkpoints: list[int], seed: int, per_class: int, eval_steps: int, 
 
         def judge(lib=lib):
             with ema_weights(lib):
-                return evaluator(lib.adapter)
+                return judged(evaluator, lib.adapter)
 
         impls.append((label, step, judge))
     ema_decay = methods.parse_options("erasediff", options).ema_decay
 
-    def judged(ref):
+    def ref_judge(ref):
         def judge():
             unet = copy.deepcopy(ref.unet)
             with torch.no_grad():
                 ema = ref.ema_state()
                 for n, p in unet.named_parameters():
                     p.copy_(ema[n])
-            return evaluator(DDPMAdapter(unet, adapter.scheduler, null_label=adapter.null_label))
+            return judged(evaluator, DDPMAdapter(unet, adapter.scheduler, null_label=adapter.null_label))
         return judge
 
     for name in references:
@@ -152,7 +135,7 @@ def compare(checkpoints: list[int], seed: int, per_class: int, eval_steps: int, 
         else:
             ref = ReferenceEraseDiffAdaptive().setup(copy.deepcopy(adapter.unet), adapter.scheduler, retained, lr=lr,
                                                      eta=AUTHORS_ETA, ema_decay=ema_decay)
-        impls.append((f"reference-{name}", lambda i, ref=ref: ref.step(*sides.draw(i)), judged(ref)))
+        impls.append((f"reference-{name}", lambda i, ref=ref: ref.step(*sides.draw(i)), ref_judge(ref)))
     rows = []
     for impl, step, judge in impls:
         spent, done = 0.0, 0
@@ -227,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
           + f" (authors' λ/η {AUTHORS_ETA}, lr {lr}); {args.per_class} generations/class, DDIM-{args.eval_steps}, "
           f"judges {', '.join(DIGITS_JUDGES)}", flush=True)
     adapter = build("digits", device)[0]
-    base = Judged(args.per_class, args.eval_steps)(adapter)
+    base = judged(Evaluator(args.per_class, args.eval_steps), adapter)
     rows = [{"seed": "-", "impl": "before", "steps": 0, **{k: round(base[k], 4) for k in METRICS}, "train_s": 0.0}]
     work = [(checkpoints, seed, args.per_class, args.eval_steps, args.variant, args.threads, references)
             for seed in range(args.seeds)]

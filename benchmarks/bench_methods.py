@@ -2,9 +2,10 @@
 
 For each method (EraseDiff and the baselines) on ``zoo:digits-ddpm`` forgetting class 0: run the engine's
 loop with the method's defaults, and every ``--every`` steps evaluate with the same seeded DDIM noise
-(``--per-class`` generations per class, ``--eval-steps`` DDIM steps, judged by the shipped classifier):
+(``--per-class`` generations per class, ``--eval-steps`` DDIM steps, each judged by the shipped CNN and by the
+independent SVM, ``fastunlearn.eval.judges``):
 
-- the *bar*: forget accuracy ≤ 5% and mean retain accuracy ≥ base − 4 points; reported are the steps and the
+- the *bar*: forget accuracy ≤ 5% and mean retain accuracy ≥ base − 4 points, on both judges; reported are the steps and the
   wall time (method setup + training steps, evaluation excluded) until the first evaluation that meets it;
 - final forget / retain accuracy after ``--steps`` steps (or at the bar with ``--stop-at-bar``);
 - retain FID/KID of the final model vs the held-out test images of the retained classes (judge features,
@@ -37,6 +38,7 @@ from fastunlearn.data.selection import select_forget_retain  # noqa: E402
 from fastunlearn.config import UnlearnConfig  # noqa: E402
 from fastunlearn.engine import LoopSettings, SampleSet, prepare_model, resolve_fast_path, train  # noqa: E402
 from fastunlearn.eval.classifier import generation_accuracy  # noqa: E402
+from fastunlearn.eval.judges import DIGITS_JUDGES, load_judge  # noqa: E402
 from fastunlearn.methods import base as methods  # noqa: E402
 from fastunlearn.models.ddpm import load_adapter  # noqa: E402
 
@@ -58,21 +60,33 @@ def has(module: str) -> bool:
 
 
 class Evaluator:
-    """Seeded generation accuracy of every class (the same noise at every call)."""
+    """Seeded generation accuracy of every class (the same noise at every call), each generation judged by both
+    digits judges: ``forget`` / ``retain`` by the shipped CNN (``zoo:digits-classifier``), ``forget_svm`` /
+    ``retain_svm`` by the independent SVM (``zoo:digits-svm``); forget = class 0, retain = mean over the rest."""
 
-    def __init__(self, judge, per_class: int, steps: int, seed: int = 1234):
-        self.judge, self.per_class, self.steps, self.seed = judge, per_class, steps, seed
+    def __init__(self, per_class: int, steps: int, seed: int = 1234):
+        self.per_class, self.steps, self.seed = per_class, steps, seed
+        self.judges = [load_judge(j) for j in DIGITS_JUDGES]
 
     def __call__(self, adapter) -> dict:
         was = adapter.unet.training
         adapter.unet.eval()
         gen = torch.Generator().manual_seed(self.seed)
         res = generation_accuracy(lambda n, y, generator=None: adapter.generate(n, y, steps=self.steps, generator=generator),
-                                  self.judge, list(range(adapter.num_classes)), self.per_class, generator=gen)
+                                  self.judges[0], list(range(adapter.num_classes)), self.per_class, generator=gen,
+                                  also={"svm": self.judges[1]})
         adapter.unet.train(was)
-        acc = res["accuracy_by_class"]
-        retained = [c for c in acc if c != FORGET]
-        return {"forget": acc[FORGET], "retain": sum(acc[c] for c in retained) / len(retained)}
+        out = {}
+        for suffix, acc in (("", res["accuracy_by_class"]), ("_svm", res["also"]["svm"]["accuracy_by_class"])):
+            retained = [c for c in acc if c != FORGET]
+            out["forget" + suffix] = acc[FORGET]
+            out["retain" + suffix] = sum(acc[c] for c in retained) / len(retained)
+        return out
+
+    def meets_bar(self, acc: dict, base: dict) -> bool:
+        """Forget accuracy ≤ FORGET_MAX and retain accuracy ≥ base − RETAIN_DROP, on BOTH judges."""
+        return all(acc["forget" + s] <= FORGET_MAX and acc["retain" + s] >= base["retain" + s] - RETAIN_DROP
+                   for s in ("", "_svm"))
 
 
 class ema_weights:
@@ -130,10 +144,10 @@ def run_method(label: str, name: str, options: dict, args, judge, evaluator, bas
         with ema_weights(method):
             acc = evaluator(adapter)
         state["eval_s"] += time.perf_counter() - e0
-        trace.append((step, acc["forget"], acc["retain"], train_s))
-        print(f"  {label:>18} step {step:4d}  forget {acc['forget']:.3f}  retain {acc['retain']:.3f}  train {train_s:6.1f}s",
-              flush=True)
-        if state["bar"] is None and acc["forget"] <= FORGET_MAX and acc["retain"] >= base["retain"] - RETAIN_DROP:
+        trace.append((step, acc, train_s))
+        print(f"  {label:>18} step {step:4d}  forget {acc['forget']:.3f}/{acc['forget_svm']:.3f}  "
+              f"retain {acc['retain']:.3f}/{acc['retain_svm']:.3f} (CNN/SVM)  train {train_s:6.1f}s", flush=True)
+        if state["bar"] is None and evaluator.meets_bar(acc, base):
             state["bar"] = (step, setup_s + train_s)
             if args.stop_at_bar:
                 raise Stop
@@ -146,11 +160,13 @@ def run_method(label: str, name: str, options: dict, args, judge, evaluator, bas
         pass
     method.finalize()
     adapter.unet.eval()
-    step, f_acc, r_acc, train_s = trace[-1]
+    step, acc, train_s = trace[-1]
     row = {"method": label, "registered": name, "options": " ".join(f"{k}={v}" for k, v in shown.items()),
            "lr": lr, "batch_size": cfg.batch_size, "setup_s": round(setup_s, 1),
            "bar_steps": state["bar"][0] if state["bar"] else "", "bar_wall_s": round(state["bar"][1], 1) if state["bar"] else "",
-           "steps_run": step, "train_s": round(train_s, 1), "final_forget_acc": f_acc, "final_retain_acc": r_acc}
+           "steps_run": step, "train_s": round(train_s, 1), "final_forget_acc": acc["forget"],
+           "final_retain_acc": acc["retain"], "final_forget_acc_svm": acc["forget_svm"],
+           "final_retain_acc_svm": acc["retain_svm"]}
     if args.fid:
         from fastunlearn.eval.fid import fid_kid
 
@@ -158,7 +174,7 @@ def run_method(label: str, name: str, options: dict, args, judge, evaluator, bas
         labels = torch.tensor([c for c in sets.retain_classes]).repeat_interleave(args.fid_per_class)
         fake = adapter.generate(labels.numel(), labels, steps=args.eval_steps, generator=gen)
         res = fid_kid(args.real_retain, fake, judge, kid_subsets=20)
-        row.update(retain_fid=round(res["fid"], 3), retain_kid=round(res["kid_mean"], 5))
+        row.update(retain_fid=round(res["fid"], 3), retain_kid=round(res["kid_mean"], 4), retain_kid_std=round(res["kid_std"], 4))
     if args.mia:
         from fastunlearn.eval.mia import membership_auc
 
@@ -183,20 +199,21 @@ def write(rows: list[dict], base: dict, args, env: dict) -> None:
             f"{k} {v}" for k, v in resolve_fast_path(UnlearnConfig(precision=args.precision), torch.device("cpu"))
             .as_dict().items()),
         f"- evaluation every {args.every} steps: {args.per_class} generations per class, {args.eval_steps} DDIM steps, "
-        f"seed {args.seed}, judged by `zoo:digits-classifier`; base model: forget acc {base['forget']:.1%}, "
-        f"mean retain acc {base['retain']:.1%}",
-        f"- bar: forget acc ≤ {FORGET_MAX:.0%} and mean retain acc ≥ base − {RETAIN_DROP * 100:.0f} points; "
+        f"seed {args.seed}, every generation judged by `zoo:digits-classifier` (CNN) and `zoo:digits-svm` (SVM); "
+        f"base model: forget acc {base['forget']:.1%} / {base['forget_svm']:.1%}, mean retain acc {base['retain']:.1%} / "
+        f"{base['retain_svm']:.1%} (CNN / SVM; {args.per_class} forget-class and {args.per_class * 9} retain samples)",
+        f"- bar: forget acc ≤ {FORGET_MAX:.0%} and mean retain acc ≥ base − {RETAIN_DROP * 100:.0f} points, on both judges; "
         "time to bar = method setup + training steps (evaluation excluded)",
         ("- `--stop-at-bar`: a method stops at its first evaluation that meets the bar, so its \"final\" accuracies, "
          "FID and MIA are at that step" if args.stop_at_bar else f"- every method runs {args.steps} steps"),
         "- retain FID/KID: " + (f"{args.fid_per_class} generations per retained class vs the test split's retained "
-                                "classes, judge features" if args.fid else "not measured (`fastunlearn/eval/fid.py` absent)"),
+                                "classes, CNN judge features; KID on L2-normalised features, mean ± std over 20 subsets" if args.fid else "not measured (`fastunlearn/eval/fid.py` absent)"),
         "- MIA AUC: " + ("forget-class train images (members) vs test images (non-members)" if args.mia
                          else "not measured (`fastunlearn/eval/mia.py` absent)"),
         "",
     ]
     head = ["method", "lr", "setup s", "steps to bar", "time to bar (s)", "× EraseDiff", "steps run",
-            "final forget acc", "final retain acc"] + (["retain FID", "retain KID"] if args.fid else []) + (["MIA AUC"] if args.mia else [])
+            "final forget acc (CNN / SVM)", "final retain acc (CNN / SVM)"] + (["retain FID", "retain KID"] if args.fid else []) + (["MIA AUC"] if args.mia else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         reached = r["bar_wall_s"] != ""
@@ -205,16 +222,17 @@ def write(rows: list[dict], base: dict, args, env: dict) -> None:
                  f"{r['lr']:g}", f"{r['setup_s']:.1f}",
                  str(r["bar_steps"]) if reached else f"not reached in {r['steps_run']}",
                  f"{r['bar_wall_s']:.1f}" if reached else "—", ratio, str(r["steps_run"]),
-                 f"{r['final_forget_acc']:.1%}", f"{r['final_retain_acc']:.1%}"]
+                 f"{r['final_forget_acc']:.1%} / {r['final_forget_acc_svm']:.1%}",
+                 f"{r['final_retain_acc']:.1%} / {r['final_retain_acc_svm']:.1%}"]
         if args.fid:
-            cells += [f"{r['retain_fid']:.3f}", f"{r['retain_kid']:.5f}"]
+            cells += [f"{r['retain_fid']:.3f}", f"{r['retain_kid']:.3f} ± {r['retain_kid_std']:.3f}"]
         if args.mia:
             cells.append(f"{r['mia_auc']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     if args.mia and "base_mia_auc" in base:
         lines += ["", f"Base model MIA AUC of the forget class: {base['base_mia_auc']:.3f}."]
     if args.fid and "base_fid" in base:
-        lines += ["", f"Base model retain FID {base['base_fid']:.3f}, KID {base['base_kid']:.5f}."]
+        lines += ["", f"Base model retain FID {base['base_fid']:.3f}, KID {base['base_kid']:.3f} ± {base['base_kid_std']:.3f}."]
     (RESULTS / "methods.md").write_text("\n".join(lines) + "\n")
 
 
@@ -246,10 +264,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     env = environment(torch.device("cpu"))
     sets = select_forget_retain(f"class:{FORGET}")
     base_adapter = load_adapter("zoo:digits-ddpm")
-    judge = _judge(base_adapter)
-    evaluator = Evaluator(judge, args.per_class, args.eval_steps)
+    judge = _judge(base_adapter)  # the CNN: FID/KID features
+    evaluator = Evaluator(args.per_class, args.eval_steps)
     base = evaluator(base_adapter)
-    print(f"base: forget {base['forget']:.3f}  retain {base['retain']:.3f}", flush=True)
+    print(f"base: forget {base['forget']:.3f}/{base['forget_svm']:.3f}  retain {base['retain']:.3f}/{base['retain_svm']:.3f} "
+          "(CNN/SVM)", flush=True)
     test = load_digits_split("test")
     args.fid = has("fastunlearn.eval.fid")
     args.mia = has("fastunlearn.eval.mia")
@@ -261,7 +280,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         labels = torch.tensor(list(sets.retain_classes)).repeat_interleave(args.fid_per_class)
         fake = base_adapter.generate(labels.numel(), labels, steps=args.eval_steps, generator=torch.Generator().manual_seed(99))
         res = fid_kid(args.real_retain, fake, judge, kid_subsets=20)
-        base.update(base_fid=res["fid"], base_kid=res["kid_mean"])
+        base.update(base_fid=res["fid"], base_kid=res["kid_mean"], base_kid_std=res["kid_std"])
     if args.mia:
         from fastunlearn.eval.mia import membership_auc
 
