@@ -34,9 +34,11 @@ def tiny_unet(num_class_embeds: int | None = 11, size: int = 16, channels: int =
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_tiny_unet():
-    """The :func:`tiny_unet` factory, for tests that need a module rather than a directory."""
+    """The :func:`tiny_unet` factory, for tests that need a module rather than a directory (session-scoped: a
+    plain function, usable from fixtures of any scope; ``from conftest import`` would find whichever
+    ``conftest`` module is first on ``sys.path``)."""
     return tiny_unet
 
 

@@ -196,11 +196,9 @@ def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, make_tiny_unet):
     """``trained(fast, device)``: the tiny UNet's weights after STEPS EraseDiff steps (memoised) and ``"w0"``."""
-    from conftest import tiny_unet
-
-    unet, cache = tiny_unet(), {}
+    unet, cache = make_tiny_unet(), {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what run() picks for a small model on the CPU (engine.loop.cpu_threads)
 
