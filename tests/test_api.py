@@ -25,7 +25,7 @@ def test_config_sources_and_precedence(tmp_path):
 
 def test_method_defaults_fill_only_what_is_not_given():
     default = UnlearnConfig().resolved()
-    assert (default.steps, default.batch_size, default.lr) == (300, 32, 1e-4)
+    assert (default.steps, default.batch_size, default.lr) == (200, 32, 1e-4)
     assert default.options["lambda_rule"] == "bome" and default.options["eta"] == 0.5
     assert UnlearnConfig(options={"lambda_rule": "cosine"}).resolved().options["eta"] == 0.5
     assert UnlearnConfig(options={"lambda_rule": "fixed"}).resolved().options["eta"] == 0.1  # the authors' λ
