@@ -7,29 +7,31 @@
 What is timed, per model and per-side batch size B (B forget rows and B retain rows, as the authors' batch
 128 "for both sets"):
 
-- ``fastunlearn`` — the library's step, through the registry: ``fastunlearn.methods.get("erasediff")`` over a
-  :class:`~fastunlearn.models.ddpm.DDPMAdapter` with real :class:`~fastunlearn.methods.base.Batch` objects,
-  ``lambda_rule=cosine`` (the rule the reference implements; the rule does not change the cost), its
-  default EMA, the fused ops on the active backend, and the engine's fast path as ``fastunlearn run`` resolves
-  it for the device (:mod:`fastunlearn.engine.fastpath`: CPU fp32 + fused Adam; CUDA bf16 autocast +
-  torch.compile + SDPA/xformers + channels-last + fused Adam): one forward+backward per side (≈7
-  forward-equivalents: target fwd 1 + 3 + 3).
-- ``fastunlearn-fp32`` / ``fastunlearn-bf16`` (CPU only) — the same step in the precision the device's default
-  is not (the default is bf16 autocast on a CPU with native bf16, fp32 elsewhere; the reference is fp32).
-  Rows measured at commit 616ec2e name the fp32 default ``fastunlearn`` and the opt-in bf16 ``fastunlearn-bf16``.
-- ``fastunlearn-single-forward`` — the same step with ``single_forward=True``: one forward of [forget; retain]
-  and two full backwards through the 2B-row graph (≈11 forward-equivalents: 1 + 2 + 4 + 4).
-  Rows measured before commit "erasediff: two passes by default" name these two differently: there
-  ``fastunlearn`` is the single-forward step (then the default) and ``fastunlearn-2pass`` the two-pass one.
-- ``reference`` — :class:`reference_erasediff.ReferenceEraseDiff`, the authors' outer step (K = 2 inner forget
-  steps on the live optimizer, separate forwards, two ``autograd.grad`` with retained graphs, ``torch.cat``
-  flattening, a third backward, ``gc.collect()`` after each phase), ≈19 forward-equivalents.
+- ``fastunlearn-fp32`` — the library's step in fp32 without ``torch.compile`` (fused Adam): the SAME precision
+  as the references, so its ratios are the algorithm's alone; listed first. On a device whose default already
+  is fp32 without compile, that row is ``fastunlearn`` itself and ``fastunlearn-bf16`` follows it.
+- ``fastunlearn`` — the library's step as ``fastunlearn run`` runs it on the device, through the registry
+  (``fastunlearn.methods.get("erasediff")`` over a :class:`~fastunlearn.models.ddpm.DDPMAdapter` with real
+  :class:`~fastunlearn.methods.base.Batch` objects, the run's resolved options, its default EMA, the fused ops
+  on the active backend and the engine's fast path for the device, :mod:`fastunlearn.engine.fastpath`: on this
+  CPU bf16 autocast + fused Adam; on CUDA bf16 autocast + torch.compile + SDPA/xformers + channels-last + fused
+  Adam): one forward+backward per side (≈7 forward-equivalents). Its ratios mix algorithm and precision.
+- ``fastunlearn-single-forward`` — the same with ``single_forward=True``: one forward of [forget; retain] and
+  two full backwards through the 2B-row graph (≈11 forward-equivalents).
+- ``reference-default`` — :class:`reference_erasediff.ReferenceEraseDiffDefault`, **the authors' default path**
+  (``--lambda_bome 0.1``), fp32, its outer step amortised over its schedule's inner passes (formula in
+  ``reference_erasediff``'s docstring; the ``note`` column gives r for the row); the first reference, whose
+  ratio is ``speedup_vs_default``. ``reference-default-outer`` is its outer step alone.
+- ``reference-adaptive`` — :class:`reference_erasediff.ReferenceEraseDiffAdaptive`, the authors' adaptive-λ
+  branch (K = 2 live inner steps in every outer step, two ``autograd.grad`` with retained graphs, ``torch.cat``
+  flattening, a third backward, ``gc.collect()`` after each phase), ≈19 forward-equivalents; its ratio is
+  ``speedup_vs_adaptive``. Rows measured before commit c2fbdd9 call it ``reference``.
 
 Each implementation owns a deep copy of the same initial model. Steps are interleaved (one of each per
 round) so load from other processes on a shared machine hits all of them alike; the first ``--warmup``
 rounds are discarded (on CPU the cifar10/sd warm-up rounds use 2-row batches: they only pay one-time costs).
 CPU runs use one torch thread unless ``--threads`` says otherwise (see ``main``). Reported per row: median /
-p20 / p80 step time, speed-up = reference median ÷ this median, peak memory of one extra untimed step (CUDA:
+p20 / p80 step time, speed-ups = each reference's median ÷ this median, peak memory of one extra untimed step (CUDA:
 ``max_memory_allocated``; CPU: peak RSS growth above the RSS before the step, sampled every 2 ms by a thread,
 with glibc set to return freed memory), and for the fastunlearn rows the share of that step (profiled)
 spent inside the fused ops — the ``fastunlearn::`` operators in ``torch.profiler``'s key averages, their
