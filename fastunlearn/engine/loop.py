@@ -151,7 +151,7 @@ def _out_of_memory(adapter: Any, settings: LoopSettings, exc: BaseException) -> 
 
 def check_finite_weights(adapter: Any) -> None:
     """Raise :class:`NumericalError` naming the first parameter holding a NaN/Inf (never save such weights)."""
-    from fastunlearn.models.ddpm import first_non_finite
+    from fastunlearn.models.safe_loading import first_non_finite
 
     found = first_non_finite(adapter.unet)
     if found is not None:
