@@ -129,11 +129,12 @@ class EraseDiff(GradientMethod):
         row stream collapsed by 150 steps; η = 1.0 and lr 2e-4 cost the retained classes (89% and 78% after 40).
         Steps: 200, chosen with both digits judges (the shipped CNN and the independent SVM) by
         benchmarks/bench_forgetting.py (4 row streams, DDIM-10 as the default job evaluates) and the default
-        job's own stream judged at DDIM-50: 150 steps meet the bar on the streams' mean but leave the default
-        job's stream in its retained-class dip (−4.7 / −4.4 points on the two judges at DDIM-50), 200 steps
-        bring it to −0 / −1.0 with digit 0 at 2% / 1%. Longer is not safer: one of the four streams collapsed
-        between 200 and 300 steps (retained classes 96.7% → 75.7%; at η 0.75 too) — the BOME push η·∇L_f never
-        vanishes once digit 0 is forgotten, and the retained classes pay for it in the long run.
+        job's own stream judged at DDIM-50 (``fastunlearn run --steps N --eval-steps 50``): 150 steps meet the bar
+        on the streams' mean but leave the default job's stream in its retained-class dip (−3.6 / −4.2 points
+        on the two judges), 200 steps bring it to −0.8 / −0.7 with digit 0 at 3% / 0%. Longer is not safer:
+        one of the four streams collapsed between 200 and 300 steps (retained classes 96.7% → 75.7%; at η 0.75
+        too) — the BOME push η·∇L_f never vanishes once digit 0 is forgotten, and the retained classes pay for
+        it in the long run.
         """
         return {"steps": 200, "batch_size": 32, "lr": 1e-4}
 
