@@ -59,10 +59,31 @@ def _run_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
             "--checkpoint-every", "1", "--config", str(model_dir.parent / "every-step.yaml"), "--out", str(out), *extra]
 
 
-def _torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
+#: A rare abort of a gloo process at teardown (seen about once in 10 two-process runs on torch 2.13 CPU, rank 0,
+#: after the job's outputs were complete): std::terminate from a C++ thread destructor, not from our code. A
+#: fresh run (no --resume) that dies with exactly this is retried once, with a warning; any other failure, and
+#: every numerical check, fails as before. Tracked in the issue notes of 2026-11-29.
+_GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def _launch(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                            str(nproc), "--master-port", str(_free_port()), "-m", "fastunlearn", *args],
                           env=_env(), capture_output=True, text=True, timeout=300)
+
+
+def _torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
+    done = _launch(nproc, args)
+    if done.returncode != 0 and _GLOO_TEARDOWN_ABORT in done.stderr and "--resume" not in args:
+        import shutil
+        import warnings
+
+        warnings.warn(f"torchrun: a process aborted at gloo teardown ({_GLOO_TEARDOWN_ABORT!r}); retrying once")
+        out = Path(args[args.index("--out") + 1])
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out.parent / f".{out.name}.partial", ignore_errors=True)
+        done = _launch(nproc, args)
+    return done
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
