@@ -59,8 +59,9 @@ def _run_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
             "--checkpoint-every", "1", "--config", str(model_dir.parent / "every-step.yaml"), "--out", str(out), *extra]
 
 
-#: A rare abort of a gloo process at teardown (seen about once in 10 two-process runs on torch 2.13 CPU, rank 0,
-#: after the job's outputs were complete): std::terminate from a C++ thread destructor, not from our code. A
+#: A rare abort of a gloo process (seen about once in 10 two-process runs on torch 2.13 CPU, rank 0; whether it
+#: comes at teardown, after the outputs are complete, is not yet pinned down): std::terminate from a C++ thread
+#: destructor, not a Python error. A
 #: fresh run (no --resume) that dies with exactly this is retried once, with a warning; any other failure, and
 #: every numerical check, fails as before. Tracked in the issue notes of 2026-11-29.
 _GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
