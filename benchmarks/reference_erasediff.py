@@ -34,7 +34,7 @@ reference every table and README sentence compares against.
   equivalents) and 5 outer steps per round, r = 1.78. CIFAR-10 (n_f = 5,000, B = 128): r = 78.1 / 36 = 2.17.
   :func:`authors_schedule` computes these.
 
-``ReferenceEraseDiffAdaptive`` (``ReferenceEraseDiff``, its old name) — the authors' **adaptive-λ branch**
+``ReferenceEraseDiffAdaptive`` (``ReferenceEraseDiff`` before the default one existed) — the authors' **adaptive-λ branch**
 (``--lambda_bome < 0``), their most expensive path; reported as ``reference-adaptive``. Per outer step:
 
 1. **K inner forget steps on the live optimizer** (``inner_steps``, default K = 2): K Adam steps on the forget
@@ -176,11 +176,6 @@ class ReferenceEraseDiffAdaptive:
     def ema_state(self) -> dict[str, torch.Tensor] | None:
         """The EMA weights by parameter name (the model the authors evaluate), or None."""
         return self.ema
-
-
-#: the adaptive reference's name before the default one existed (``bench_forgetting.py`` imports it)
-ReferenceEraseDiff = ReferenceEraseDiffAdaptive
-
 
 
 # ---------------------------------------------------------------------- the authors' default code path
@@ -355,4 +350,4 @@ class ReferenceEraseDiffDefault:
         return self.ema
 
 
-__all__ = ["ReferenceEraseDiffDefault", "ReferenceEraseDiffAdaptive", "ReferenceEraseDiff", "authors_schedule"]
+__all__ = ["ReferenceEraseDiffDefault", "ReferenceEraseDiffAdaptive", "authors_schedule"]
