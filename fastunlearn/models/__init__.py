@@ -1,9 +1,56 @@
 """Adapters over diffusers models: the one interface methods use (see docs/architecture.md).
 
-- :mod:`fastunlearn.models.ddpm` — :class:`DDPMAdapter` over ``UNet2DModel`` + ``DDPMScheduler`` and
-  :func:`load_adapter` (zoo names, local directories, hub ids, modules, pipelines);
-- :mod:`fastunlearn.models.sampling` — the DDIM evaluation sampler.
+- :mod:`fastunlearn.models.ddpm` — :class:`DDPMAdapter` over ``UNet2DModel`` + ``DDPMScheduler`` (pixel DDPMs);
+- :mod:`fastunlearn.models.t2i` — :class:`T2IAdapter` over a ``StableDiffusionPipeline``'s components
+  (text-to-image; conditioning by prompt ids into the adapter's prompt table);
+- :mod:`fastunlearn.models.sampling` — the DDIM evaluation sampler;
+- :mod:`fastunlearn.models.tiny_sd` — tiny random SD pipelines built offline (tests, benchmarks).
+
+:func:`load_model` is the one entry point: it reads what a reference is (zoo name, directory, hub id, object)
+and returns the adapter of its family.
 """
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
 from fastunlearn.models.ddpm import DDPMAdapter, NoisedBatch, load_adapter
 
-__all__ = ["DDPMAdapter", "NoisedBatch", "load_adapter"]
+#: The model families and their adapters' ``family`` names.
+FAMILIES = ("ddpm", "t2i")
+
+
+def family_of(adapter: Any) -> str:
+    """``"ddpm"`` or ``"t2i"``: the model family an adapter serves."""
+    return getattr(adapter, "family", "ddpm")
+
+
+def load_model(model: Any, trust_pickle: bool = False) -> Any:
+    """The adapter of any model reference: an adapter, a ``StableDiffusionPipeline`` or DDPM object, ``zoo:NAME``,
+    a local directory (a ``model_index.json`` naming a text encoder is text-to-image; anything else goes to the
+    DDPM loader) or a hub id (tried as a Stable Diffusion pipeline when its name says so, else as a DDPM)."""
+    from fastunlearn.models import t2i
+
+    if isinstance(model, (DDPMAdapter, t2i.T2IAdapter)):
+        return model
+    if type(model).__name__.startswith("StableDiffusion"):
+        return t2i.from_pipeline(model)
+    if isinstance(model, (str, Path)):
+        ref = str(model)
+        from fastunlearn import zoo
+
+        if zoo.is_zoo_ref(ref):
+            path = zoo.resolve(ref)
+            if t2i.is_t2i_dir(path):
+                return t2i.load_t2i(path)
+            return load_adapter(ref, trust_pickle=trust_pickle)
+        path = Path(ref).expanduser()
+        if path.is_dir() and t2i.is_t2i_dir(path):
+            return t2i.load_t2i(path, trust_pickle=trust_pickle)
+        if (not path.exists() and ref.count("/") == 1 and not ref.startswith((".", "/", "~"))
+                and "stable-diffusion" in ref.lower()):
+            return t2i.load_t2i(ref, trust_pickle=trust_pickle)
+    return load_adapter(model, trust_pickle=trust_pickle)
+
+
+__all__ = ["DDPMAdapter", "NoisedBatch", "load_adapter", "load_model", "family_of", "FAMILIES"]
