@@ -234,10 +234,12 @@ class DDPMAdapter:
         batch_size: int = 256,
         guidance_scale: float = 1.0,
         progress: bool = False,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``n`` DDIM samples (eta 0), float32 ``[n, C, H, W]`` on the CPU in [-1, 1].
 
         ``class_labels=None`` on a conditional model samples the null class (unconditional generation).
+        ``noise``: the initial noise ``[n, C, H, W]``; default: drawn up front from ``generator``.
         """
         from fastunlearn.models.sampling import ddim_sample
 
@@ -245,7 +247,7 @@ class DDPMAdapter:
             raise UserInputError("unconditional generation needs a null class, and this conditional model has none")
         return ddim_sample(
             self.unet, self.scheduler, n, class_labels=class_labels, steps=steps, guidance_scale=guidance_scale,
-            null_label=self.null_label, generator=generator, batch_size=batch_size, progress=progress,
+            null_label=self.null_label, generator=generator, batch_size=batch_size, progress=progress, noise=noise,
         )
 
     def save_pretrained(self, directory: str | Path) -> Path:

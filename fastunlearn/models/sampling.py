@@ -72,6 +72,7 @@ def ddim_sample(
     batch_size: int = 256,
     device: torch.device | str | None = None,
     progress: bool = False,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw ``n`` images with DDIM (eta 0) from a diffusers ``UNet2DModel``-like UNet.
 
@@ -90,6 +91,8 @@ def ddim_sample(
         batch_size: images per UNet call (halved internally when guidance doubles the batch).
         device: where the UNet runs; default: the UNet's device.
         progress: show a progress bar over batches.
+        noise: the initial noise ``[n, C, H, W]`` (then ``generator`` is not used); default: drawn from
+            ``generator``.
 
     Returns:
         float32 ``[n, C, H, W]`` on the CPU, clamped to [-1, 1].
@@ -118,7 +121,10 @@ def ddim_sample(
     dtype = next(unet.parameters()).dtype
     scheduler = make_ddim_scheduler(scheduler_config_or_scheduler)
     scheduler.set_timesteps(steps)
-    noise = torch.randn((n, channels, height, width), generator=generator, dtype=torch.float32)
+    if noise is None:
+        noise = torch.randn((n, channels, height, width), generator=generator, dtype=torch.float32)
+    elif tuple(noise.shape) != (n, channels, height, width):
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {(n, channels, height, width)}")
     per_call = max(1, batch_size // 2) if guided else max(1, batch_size)
     was_training = unet.training
     unet.eval()
