@@ -70,8 +70,17 @@ def _judges(adapter: Any):
     return digits_judges(adapter)
 
 
-def evaluate(adapter: Any, cfg: UnlearnConfig, forget_classes: list[int], judge: Any, sets: Any = None) -> dict[str, Any]:
-    """The run's before/after evaluation: :func:`fastunlearn.eval.evaluate.evaluate`."""
+def evaluate(adapter: Any, cfg: UnlearnConfig, forget_classes: list[int], judge: Any, sets: Any = None,
+             before: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's before/after evaluation: :func:`fastunlearn.eval.evaluate.evaluate` (DDPMs) or
+    :func:`fastunlearn.eval.t2i.evaluate_t2i` (text-to-image; ``before``: the "before" result, whose
+    prompt → class reading the "after" evaluation reuses)."""
+    if getattr(adapter, "family", "ddpm") == "t2i":
+        from fastunlearn.eval.t2i import evaluate_t2i
+
+        return evaluate_t2i(adapter, cfg, sets.forget_prompts, sets.retain_prompts, judge,
+                            concept_classes=sets.prompts.concept_classes or None, paraphrases=sets.paraphrases,
+                            before=before)
     from fastunlearn.eval.evaluate import evaluate as _evaluate
 
     return _evaluate(adapter, cfg, forget_classes, judge, sets)
@@ -97,11 +106,8 @@ def _prepare(cfg: UnlearnConfig, dist: Any = None):
     ``dist``: the started :class:`~fastunlearn.engine.distributed.Distributed` of a multi-process run (its
     device, its gradient reduction); None for one process.
     """
-    from fastunlearn.data.selection import select_forget_retain
-    from fastunlearn.engine import SampleSet, prepare_model, resolve_device, resolve_fast_path
-    from fastunlearn.methods import base as methods
-    from fastunlearn.models.ddpm import load_adapter
-
+    from fastunlearn.engine import resolve_device, resolve_fast_path
+    from fastunlearn.models import family_of, load_model
     from fastunlearn.ops import backends
 
     device = dist.device if dist is not None and dist.device is not None else resolve_device(cfg.device)
@@ -110,7 +116,50 @@ def _prepare(cfg: UnlearnConfig, dist: Any = None):
     if backends.requested_backend() != "auto":
         backends.select("dual_noise_loss", device, torch.float32)
     fast = resolve_fast_path(cfg, device)
-    adapter = load_adapter(cfg.model, trust_pickle=cfg.trust_pickle)
+    adapter = load_model(cfg.model, trust_pickle=cfg.trust_pickle)
+    if family_of(adapter) == "t2i":
+        return _prepare_t2i(cfg, dist, adapter, device, fast)
+    return _prepare_ddpm(cfg, dist, adapter, device, fast)
+
+
+def _method(cfg: UnlearnConfig, dist: Any):
+    from fastunlearn.methods import base as methods
+
+    method_cls = methods.get(cfg.method)
+    options = methods.parse_options(cfg.method, cfg.options)
+    if dist is not None and dist.sharded:
+        why = method_cls.fsdp_unsupported(options) if hasattr(method_cls, "fsdp_unsupported") else "it is not a gradient method"
+        if why:
+            raise UserInputError(f"method {cfg.method!r} cannot run with sharding 'fsdp': {why}; use --sharding ddp")
+    return method_cls, options
+
+
+def _setup_method(cfg: UnlearnConfig, dist: Any, adapter: Any, method_cls: Any, options: Any, fast: Any,
+                  forget_classes: tuple[int, ...], retain_classes: tuple[int, ...]):
+    from fastunlearn.methods import base as methods
+
+    method = method_cls()
+    method.setup(adapter, methods.MethodConfig(
+        lr=float(cfg.lr), options=options, forget_classes=forget_classes, retain_classes=retain_classes,
+        unconditional=cfg.unconditional, scope=cfg.scope, fused_optimizer=fast.fused_optimizer,
+        grad_sync=dist.gradient_sync() if dist is not None else None,
+    ))
+    # What setup resolved against the model (EraseDiff's target 'auto'): config.yaml, the checkpoints'
+    # fingerprint, metrics.json and the manifest record it.
+    cfg.options.update(getattr(method, "resolved_options", dict)())
+    adapter.fast_path = fast  # recorded in the manifest
+    return method
+
+
+def _prepare_ddpm(cfg: UnlearnConfig, dist: Any, adapter: Any, device: torch.device, fast: Any):
+    from fastunlearn.data.prompts import is_prompt_selector
+    from fastunlearn.data.selection import select_forget_retain
+    from fastunlearn.engine import SampleSet, prepare_model
+
+    for side, sel in (("forget", cfg.forget), ("retain", cfg.retain)):
+        if sel is not None and is_prompt_selector(sel):
+            raise UserInputError(f"the {side} selector {sel!r} names prompts, but {cfg.model} is a pixel DDPM with "
+                                 "class labels: select by class:C, index:I or an image folder")
     c, h, w = adapter.image_shape
     if cfg.unconditional and adapter.conditional and adapter.null_label is None:
         raise UserInputError("--unconditional needs a model with a null class (or no class embedding at all)")
@@ -133,28 +182,100 @@ def _prepare(cfg: UnlearnConfig, dist: Any = None):
 
     forget = SampleSet(sets.forget_images, labels_for(sets.forget_labels, "forget"))
     retain = SampleSet(sets.retain_images, labels_for(sets.retain_labels, "retain"))
-    method_cls = methods.get(cfg.method)
-    options = methods.parse_options(cfg.method, cfg.options)
-    if dist is not None and dist.sharded:
-        why = method_cls.fsdp_unsupported(options) if hasattr(method_cls, "fsdp_unsupported") else "it is not a gradient method"
-        if why:
-            raise UserInputError(f"method {cfg.method!r} cannot run with sharding 'fsdp': {why}; use --sharding ddp")
+    method_cls, options = _method(cfg, dist)
     prepare_model(adapter, device, fast, shard=dist.shard if dist is not None else None)
-    method = method_cls()
-    method.setup(adapter, methods.MethodConfig(
-        lr=float(cfg.lr), options=options,
-        forget_classes=tuple(sets.forget_classes), retain_classes=tuple(sets.retain_classes),
-        unconditional=cfg.unconditional, scope=cfg.scope, fused_optimizer=fast.fused_optimizer,
-        grad_sync=dist.gradient_sync() if dist is not None else None,
-    ))
-    # What setup resolved against the model (EraseDiff's target 'auto'): config.yaml, the checkpoints'
-    # fingerprint, metrics.json and the manifest record it.
-    cfg.options.update(getattr(method, "resolved_options", dict)())
-    adapter.fast_path = fast  # recorded in the manifest
+    method = _setup_method(cfg, dist, adapter, method_cls, options, fast,
+                           tuple(sets.forget_classes), tuple(sets.retain_classes))
     judge = _judges(adapter) if cfg.evaluate else None
     if cfg.evaluate and cfg.unconditional and not sets.forget_classes:
         raise UserInputError("--unconditional evaluation needs a labelled forget set (e.g. class:0)")
     return adapter, method, forget, retain, sets, judge
+
+
+@dataclass
+class T2ISets:
+    """The text-to-image job's data, in the shape the run's later stages read (``forget_images``, ...)."""
+
+    prompts: Any  #: :class:`fastunlearn.data.prompts.PromptSets`
+    forget_ids: torch.Tensor
+    retain_ids: torch.Tensor
+    forget_images: torch.Tensor  #: what the method trains on (latents), ``[N, 0]`` for methods that use none
+    forget_classes: list[int]
+    description: str
+    paraphrases: list[str]
+    forget_indices: Any = None
+
+    @property
+    def forget_prompts(self) -> list[str]:
+        return self.prompts.forget_prompts
+
+    @property
+    def retain_prompts(self) -> list[str]:
+        return self.prompts.retain_prompts
+
+
+def _t2i_samples(adapter: Any, side: Any, ids: torch.Tensor, cfg: UnlearnConfig, seed: int, what: str):
+    """The latents a method trains on for one side: the user's images (``images:DIR``, VAE-encoded once) or
+    ``images_per_prompt`` generations of the frozen model per prompt (DDIM at ``eval_steps``, the run's guidance)."""
+    from fastunlearn.engine import SampleSet
+
+    if side.images is not None:
+        ids_of = dict(zip(side.prompts, ids.tolist()))
+        labels = torch.tensor([ids_of[p] for p in side.image_prompts], dtype=torch.long)
+        return SampleSet(adapter.encode_images(side.images), labels)
+    labels = ids.repeat_interleave(int(cfg.images_per_prompt))
+    gen = torch.Generator().manual_seed(seed)
+    from fastunlearn.models.t2i import DEFAULT_GUIDANCE
+
+    guidance = cfg.guidance if cfg.guidance is not None else DEFAULT_GUIDANCE
+    if cfg.progress:
+        print(f"generating {labels.numel()} {what} images with the frozen model "
+              f"({len(ids)} prompt(s) × {cfg.images_per_prompt}, DDIM {cfg.eval_steps}, guidance {guidance:g})",
+              flush=True)
+    traj = adapter.ddim_trajectory(labels, steps=cfg.eval_steps, guidance_scale=guidance, generator=gen, record=False)
+    return SampleSet(traj.final, labels)
+
+
+def _prepare_t2i(cfg: UnlearnConfig, dist: Any, adapter: Any, device: torch.device, fast: Any):
+    """A text-to-image job: prompts → prompt ids (the labels every later stage moves around) → the latents the
+    method trains on → the method. ESD-like methods (``needs_images = False``) read prompts only."""
+    from fastunlearn.data.prompts import select_prompts
+    from fastunlearn.engine import SampleSet, prepare_model
+
+    if cfg.unconditional:
+        raise UserInputError("--unconditional is for class-conditional DDPMs; a text-to-image model forgets a prompt")
+    sets = select_prompts(cfg.forget, cfg.retain, adapter)
+    method_cls, options = _method(cfg, dist)
+    needs_images = getattr(method_cls, "needs_images", True)
+    needs_retain = getattr(method_cls, "needs_retain", True)
+    if needs_retain and not sets.retain_prompts:
+        raise UserInputError(f"method {cfg.method!r} needs prompts to keep, and {cfg.model} records no concepts to "
+                             "default to: give --retain prompt:TEXT[;TEXT] (or prompts:FILE)")
+    prepare_model(adapter, device, fast, shard=dist.shard if dist is not None else None)
+    forget_ids = adapter.prompt_ids(sets.forget_prompts, "forget prompt")
+    retain_ids = adapter.prompt_ids(sets.retain_prompts, "retain prompt")
+    if needs_images:
+        forget = _t2i_samples(adapter, sets.forget, forget_ids, cfg, cfg.seed + 1, "forget")
+        retain = _t2i_samples(adapter, sets.retain, retain_ids, cfg, cfg.seed + 2, "retain")
+    else:
+        # The method reads only the prompt ids of its batches (ESD builds its own θ-independent bank): the loop
+        # draws ids, and the samples carry no image (zero-width rows).
+        forget = SampleSet(torch.zeros(len(forget_ids), 0), forget_ids)
+        kept = retain_ids if len(retain_ids) else forget_ids
+        retain = SampleSet(torch.zeros(len(kept), 0), kept)
+    method = _setup_method(cfg, dist, adapter, method_cls, options, fast,
+                           tuple(forget_ids.tolist()), tuple(retain_ids.tolist()))
+    concepts = adapter.concepts or {}
+    paraphrases: list[str] = []
+    if sets.forget_classes and concepts.get("paraphrases"):
+        from fastunlearn.data.prompts import concept_prompts
+
+        paraphrases = [p for p, c in concept_prompts(concepts).items()
+                       if c in sets.forget_classes and p not in sets.forget_prompts]
+    t2i_sets = T2ISets(prompts=sets, forget_ids=forget_ids, retain_ids=retain_ids, forget_images=forget.images,
+                       forget_classes=list(sets.forget_classes), description=sets.description, paraphrases=paraphrases)
+    judge = _judges(adapter) if cfg.evaluate else None
+    return adapter, method, forget, retain, t2i_sets, judge
 
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -264,8 +385,8 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step, dist: Any) -> Unle
     loop = train(adapter, method, forget, retain, _loop_settings(cfg, adapter), work, on_step=on_step, dist=dist)
     method.finalize()
     dist.unshard(adapter, adapter.fast_path.attention)
-    adapter.unet.eval()
-    after = evaluate(adapter, cfg, sets.forget_classes, judge, sets) if judge is not None else None
+    adapter.eval()
+    after = evaluate(adapter, cfg, sets.forget_classes, judge, sets, before=before) if judge is not None else None
 
     check_finite_weights(adapter)
     adapter.save_pretrained(work)
@@ -317,7 +438,7 @@ def _run_other_process(cfg: UnlearnConfig, out_dir: Path, on_step, dist: Any, ad
     train(adapter, method, forget, retain, _loop_settings(cfg, adapter), work, on_step=on_step, dist=dist)
     method.finalize()
     dist.unshard(adapter, adapter.fast_path.attention)
-    adapter.unet.eval()
+    adapter.eval()
     dist.barrier()
     before, after, train_info, paths = dist.broadcast_object(None)
     return UnlearnResult(adapter=adapter, config=cfg, out_dir=out_dir, metrics_before=before,
@@ -350,7 +471,9 @@ def _write_report_and_manifest(work: Path, out_dir: Path, cfg: UnlearnConfig, ad
         weights_before=weights_before, weights_after=work, metrics_before=_jsonable(before),
         metrics_after=_jsonable(after), started_at=started_at, ended_at=time.time(), device=str(adapter.device),
         forget_classes=list(sets.forget_classes),
-        eval_protocol=eval_protocol(cfg, list(range(adapter.num_classes or 0))) if before is not None else None,
+        # verify re-measures the DDPM protocol; a text-to-image run records its prompts in the selector instead
+        eval_protocol=(eval_protocol(cfg, list(range(adapter.num_classes or 0)))
+                       if before is not None and getattr(adapter, "family", "ddpm") == "ddpm" else None),
         model=str(cfg.model),
     )
     write_manifest(work, manifest)

@@ -28,7 +28,8 @@ _RUN_FLAGS = {
     "device": "device", "precision": "precision", "eval_per_class": "eval_per_class", "eval_steps": "eval_steps",
     "scope": "scope", "threads": "threads", "attention": "attention", "max_skipped_steps": "max_skipped_steps",
     "compile": "compile", "channels_last": "channels_last", "fused_optimizer": "fused_optimizer",
-    "sharding": "sharding", "keep_checkpoints": "keep_checkpoints",
+    "sharding": "sharding", "keep_checkpoints": "keep_checkpoints", "guidance": "guidance",
+    "images_per_prompt": "images_per_prompt",
 }
 #: Shortcuts for the most used EraseDiff options (equal to --option KEY=VALUE).
 _OPTION_FLAGS = ("target", "lambda_rule", "eta")
@@ -49,6 +50,9 @@ def _run_config(args: argparse.Namespace):
     if args.config is not None:
         cfg = UnlearnConfig.from_yaml(args.config, base=cfg)
     values = {key: getattr(args, flag) for flag, key in _RUN_FLAGS.items() if getattr(args, flag) is not None}
+    for key in ("forget", "retain"):  # repeatable: one selector stays a string (config.yaml reads as before)
+        if isinstance(values.get(key), list) and len(values[key]) == 1:
+            values[key] = values[key][0]
     for flag in ("unconditional", "resume", "cuda_graphs", "grad_checkpointing", "trust_pickle"):
         if getattr(args, flag):
             values[flag] = True
@@ -97,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Unlearn data from a model and write the result (model, metrics, sample grids) to --out.",
     )
     p_run.add_argument("--model", help="zoo:NAME, a diffusers directory or a hub id (default zoo:digits-ddpm)")
-    p_run.add_argument("--forget", help="class:C[,C], index:I[,I] or an image folder (default class:0)")
-    p_run.add_argument("--retain", help="selector of the data to keep (default: the rest of the train split)")
+    p_run.add_argument("--forget", action="append",
+                       help="class:C[,C], index:I[,I] or an image folder (DDPMs; default class:0); prompt:TEXT[;TEXT], "
+                       "prompts:FILE or images:DIR (text-to-image models); repeatable")
+    p_run.add_argument("--retain", action="append",
+                       help="selector of the data to keep (default: the rest of the train split; on a text-to-image "
+                       "model, its other concepts); repeatable")
     p_run.add_argument("--method", help="unlearning method (default erasediff)")
     p_run.add_argument("--steps", type=int, help="optimisation steps (default: the method's)")
     p_run.add_argument("--batch-size", type=int,
@@ -131,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--trust-pickle", action="store_true",
                        help="allow pickle weight files (.bin/.pt/.ckpt): they can run code; only for files you trust")
     p_run.add_argument("--threads", type=int, help="CPU threads (default: 1 for small models on CPU)")
-    p_run.add_argument("--scope", help="parameters to train: all (default) or attention")
+    p_run.add_argument("--scope", help="parameters to train: all or attention; on text-to-image models also xattn "
+                       "(ESD-x), xattn-kv (ESD-x-strict), noxattn (ESD-u), text-encoder (default: the method's, else all)")
+    p_run.add_argument("--guidance", type=float, help="text-to-image: classifier-free guidance of generation and "
+                       "evaluation (default: the model's)")
+    p_run.add_argument("--images-per-prompt", type=int, metavar="N",
+                       help="text-to-image: images the frozen model generates per prompt for methods that train on "
+                       "images (default 64)")
     p_run.add_argument("--eval-per-class", type=int, help="generations per class in each evaluation (default 100)")
     p_run.add_argument("--eval-steps", type=int, help="DDIM steps of the evaluation sampler (default 10)")
     p_run.add_argument("--target", help="EraseDiff forget target: pseudo_label, uniform, or auto (default: "

@@ -27,8 +27,11 @@ class UnlearnConfig:
     """Everything one ``fastunlearn.run`` needs; ``config.yaml`` in the output holds it to rerun the job."""
 
     model: str = "zoo:digits-ddpm"  #: zoo:NAME, a local diffusers directory or a hub id
-    forget: Any = "class:0"  #: selector: ``class:C[,C]``, ``index:I[,I]``, a list of indices, or an image folder
-    retain: Any = None  #: selector; default: the rest of the digits train split
+    #: selector: ``class:C[,C]``, ``index:I[,I]``, a list of indices, or an image folder (DDPMs);
+    #: ``prompt:TEXT[;TEXT]``, ``prompts:FILE``, ``images:DIR`` or a list of them (text-to-image models)
+    forget: Any = "class:0"
+    #: selector; default: the rest of the digits train split (DDPMs), the model's other concepts (text-to-image)
+    retain: Any = None
     method: str = "erasediff"
     steps: int | None = None  #: None: the method's default
     #: rows per side (forget and retain) per step — the GLOBAL batch under torchrun; None: the method's default
@@ -63,7 +66,14 @@ class UnlearnConfig:
     max_skipped_steps: int = 10
     trust_pickle: bool = False  #: allow loading pickle (.bin/.pt/.ckpt) weights: only for files you trust
     threads: int | None = None  #: CPU threads; None: 1 for small models (< 10M parameters) on CPU, else torch's default
-    scope: str = "all"  #: which parameters train: all, attention
+    #: which parameters train: all, attention (DDPMs); all, xattn, xattn-kv, noxattn, attention, text-encoder
+    #: (text-to-image); None: the method's default (ESD: xattn), else all
+    scope: str | None = None
+    #: text-to-image: classifier-free guidance of generation and evaluation (None: the model's default)
+    guidance: float | None = None
+    #: text-to-image: images of each forget/retain prompt the frozen model generates for methods that train on
+    #: images (EraseDiff, SalUn, fine-tune, gradient ascent), unless images:DIR gives the user's own
+    images_per_prompt: int = 64
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)  #: method options
 
@@ -135,16 +145,23 @@ class UnlearnConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     # ------------------------------------------------------------------ validation
-    def resolved(self) -> "UnlearnConfig":
-        """A validated copy with the method's defaults filled in and its options normalised."""
+    def resolved(self, family: str | None = None) -> "UnlearnConfig":
+        """A validated copy with the method's defaults (for the model's family: ``ddpm`` or ``t2i``; None reads
+        it from the model reference) filled in and its options normalised."""
         from fastunlearn.methods import base as methods
 
         cls = methods.get(self.method)
-        defaults = cls.defaults(self.unconditional, dict(self.options)) if hasattr(cls, "defaults") else {}
+        if family is None:
+            from fastunlearn.models import family_of_ref
+
+            family = family_of_ref(self.model)
+        defaults = cls.defaults(self.unconditional, dict(self.options), family=family) if hasattr(cls, "defaults") else {}
         out = dataclasses.replace(self, options=dict(self.options))
         for key in ("steps", "batch_size", "lr"):
             if getattr(out, key) is None:
                 setattr(out, key, defaults.get(key))
+        if out.scope is None:
+            out.scope = defaults.get("scope", "all")
         for key, value in defaults.get("options", {}).items():
             out.options.setdefault(key, value)
         out.validate()
@@ -157,7 +174,7 @@ class UnlearnConfig:
 
         methods.get(self.method)  # unknown method → error listing the known ones
         for key in ("steps", "batch_size", "eval_per_class", "eval_unconditional", "eval_steps", "log_every",
-                    "keep_checkpoints"):
+                    "keep_checkpoints", "images_per_prompt"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise UserInputError(f"{key} must be a positive integer, got {value!r}")
@@ -191,6 +208,11 @@ class UnlearnConfig:
             raise UserInputError(f"model must be a zoo name, a directory or a hub id, got {self.model!r}")
         if not isinstance(self.out_dir, (str, Path)) or not str(self.out_dir):
             raise UserInputError(f"out_dir must be a path, got {self.out_dir!r}")
+        if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))
+                                          or not self.guidance >= 1.0):
+            raise UserInputError(f"guidance must be a number >= 1 (1: no guidance), got {self.guidance!r}")
+        if self.scope is not None and not isinstance(self.scope, str):
+            raise UserInputError(f"scope must be a string, got {self.scope!r}")
         if not isinstance(self.options, Mapping):
             raise UserInputError(f"options must be a mapping, got {self.options!r}")
         methods.parse_options(self.method, self.options)
@@ -198,7 +220,7 @@ class UnlearnConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The settings a checkpoint must share with the run resuming it (``steps`` may grow on resume)."""
         keys = ("model", "forget", "retain", "method", "batch_size", "lr", "seed", "unconditional",
-                "precision", "scope", "options")
+                "precision", "scope", "guidance", "images_per_prompt", "options")
         d = self.to_dict()
         return {k: d[k] for k in keys}
 

@@ -181,7 +181,7 @@ def prepare_model(adapter: Any, device: torch.device, fast: FastPath | None = No
     # fp32 master weights; `.to(dtype)` only when needed (diffusers warns on a no-op dtype cast).
     if any(p.dtype != torch.float32 for p in unet.parameters()):
         unet.to(dtype=torch.float32)
-    unet.to(device=device)
+    adapter.to(device)  # the denoiser and whatever else the model has (text encoder, VAE)
     unet.train()
     set_attention(unet, fast.attention)
     if fast.channels_last:

@@ -49,7 +49,7 @@ import torch
 
 from fastunlearn.errors import UserInputError
 from fastunlearn.methods.base import Batch, MethodConfig, register
-from fastunlearn.methods.gradient import GradientMethod
+from fastunlearn.methods.gradient import GradientMethod, retained_classes
 from fastunlearn.ops import bilevel_combine, dual_noise_loss
 
 TARGETS = ("auto", "pseudo_label", "uniform")
@@ -119,7 +119,8 @@ class EraseDiff(GradientMethod):
     Options: ClassVar[type] = EraseDiffOptions
 
     @staticmethod
-    def defaults(unconditional: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def defaults(unconditional: bool = False, options: dict[str, Any] | None = None,
+                 family: str = "ddpm") -> dict[str, Any]:
         """Run defaults, measured on the shipped digits DDPM (figures in docs/architecture.md).
 
         η is not here: :class:`EraseDiffOptions` fills in the rule's own, :data:`DEFAULT_ETA` — 0.5 under both
@@ -156,9 +157,8 @@ class EraseDiff(GradientMethod):
                     "Pass --target uniform (--option target=uniform; run(..., target='uniform')), or leave "
                     "target at its default, auto, which picks uniform for such a model"
                 )
-            retained = [c for c in range(adapter.num_classes) if c not in set(config.forget_classes)]
-            if config.retain_classes:
-                retained = [c for c in config.retain_classes if c not in set(config.forget_classes)]
+            # Class labels, or prompt ids on a text-to-image model (the API passes the retained prompts' ids).
+            retained = retained_classes(adapter, config)
             if not retained:
                 raise UserInputError("target 'pseudo_label' needs at least one retained class to borrow a label from")
             self._pseudo_classes = torch.tensor(sorted(set(retained)), dtype=torch.long)

@@ -38,7 +38,8 @@ class Finetune(GradientMethod):
     Options: ClassVar[type] = FinetuneOptions
 
     @staticmethod
-    def defaults(unconditional: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def defaults(unconditional: bool = False, options: dict[str, Any] | None = None,
+                 family: str = "ddpm") -> dict[str, Any]:
         """Digits DDPM: lr 1e-4 as EraseDiff; FT does not forget within budgets like this (see benchmarks)."""
         return {"steps": 150, "batch_size": 32, "lr": 1e-4}
 

@@ -53,7 +53,8 @@ class GradientAscent(GradientMethod):
     Options: ClassVar[type] = GradientAscentOptions
 
     @staticmethod
-    def defaults(unconditional: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def defaults(unconditional: bool = False, options: dict[str, Any] | None = None,
+                 family: str = "ddpm") -> dict[str, Any]:
         """Digits DDPM: lr 1e-4 (NegGrad+ at α 2.5 forgets in ~50 steps; plain NegGrad at this lr wrecks every
         class within 25 steps, and at 1e-5 it drags the retained classes down before the forget class moves)."""
         return {"steps": 100, "batch_size": 32, "lr": 1e-4}

@@ -76,7 +76,8 @@ class SalUn(GradientMethod):
     Options: ClassVar[type] = SalUnOptions
 
     @staticmethod
-    def defaults(unconditional: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def defaults(unconditional: bool = False, options: dict[str, Any] | None = None,
+                 family: str = "ddpm") -> dict[str, Any]:
         """Digits DDPM: lr 1e-4 (the authors'), batch 32 per side as EraseDiff."""
         return {"steps": 150, "batch_size": 32, "lr": 1e-4}
 

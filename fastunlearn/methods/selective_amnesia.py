@@ -99,7 +99,8 @@ class SelectiveAmnesia(GradientMethod):
     Options: ClassVar[type] = SelectiveAmnesiaOptions
 
     @staticmethod
-    def defaults(unconditional: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def defaults(unconditional: bool = False, options: dict[str, Any] | None = None,
+                 family: str = "ddpm") -> dict[str, Any]:
         """Digits DDPM: lr 1e-4, batch 32 per side (the authors: 20k steps on CIFAR-10)."""
         return {"steps": 150, "batch_size": 32, "lr": 1e-4}
 

@@ -25,6 +25,33 @@ def family_of(adapter: Any) -> str:
     return getattr(adapter, "family", "ddpm")
 
 
+def family_of_ref(model: Any) -> str:
+    """The family of a model reference without loading its weights (reads ``model_index.json`` only):
+    ``"t2i"`` for a text-to-image pipeline (a zoo model, a directory, a pipeline object, a hub id naming
+    Stable Diffusion), else ``"ddpm"``."""
+    from fastunlearn.models import t2i
+
+    if hasattr(model, "family"):
+        return model.family
+    if type(model).__name__.startswith("StableDiffusion"):
+        return "t2i"
+    if isinstance(model, (str, Path)):
+        ref = str(model)
+        from fastunlearn import zoo
+
+        if zoo.is_zoo_ref(ref):
+            try:
+                return "t2i" if t2i.is_t2i_dir(zoo.resolve(ref)) else "ddpm"
+            except Exception:  # noqa: BLE001 - a missing zoo model is load_model's error to report
+                return "ddpm"
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            return "t2i" if t2i.is_t2i_dir(path) else "ddpm"
+        if not path.exists() and "stable-diffusion" in ref.lower():
+            return "t2i"
+    return "ddpm"
+
+
 def load_model(model: Any, trust_pickle: bool = False) -> Any:
     """The adapter of any model reference: an adapter, a ``StableDiffusionPipeline`` or DDPM object, ``zoo:NAME``,
     a local directory (a ``model_index.json`` naming a text encoder is text-to-image; anything else goes to the
@@ -53,4 +80,4 @@ def load_model(model: Any, trust_pickle: bool = False) -> Any:
     return load_adapter(model, trust_pickle=trust_pickle)
 
 
-__all__ = ["DDPMAdapter", "NoisedBatch", "load_adapter", "load_model", "family_of", "FAMILIES"]
+__all__ = ["DDPMAdapter", "NoisedBatch", "load_adapter", "load_model", "family_of", "family_of_ref", "FAMILIES"]
