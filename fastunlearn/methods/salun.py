@@ -6,7 +6,8 @@ Saliency mask, once, at the original weights θ₀:
     m = 1( |∇_θ L_f(θ₀)| ≥ median |∇_θ L_f(θ₀)| )          (top 50% of the trainable weights)
 
 Update, with the forget class c_f relabelled to a retained class c′ = (c_f + 1) mod C (stepping on while
-c′ is itself forgotten):
+c′ is itself forgotten; on a text-to-image model, whose labels are prompt ids, the forget prompt is remapped to a
+retained prompt drawn per row):
 
     L(θ) = E_{D_f,t,ε} ‖ε_θ(x_t, t, c_f) − sg(ε_θ(x_t, t, c′))‖² + α L_r(θ),     θ ← Adam(m ⊙ clip(∇L))
 
@@ -89,7 +90,15 @@ class SalUn(GradientMethod):
         self.setup_params(adapter, config)
         if not retained_classes(adapter, config):
             raise UserInputError("salun needs at least one retained class to relabel the forget set with")
-        self.relabel = relabel_table(adapter.num_classes, config.forget_classes).to(adapter.device)
+        # Class labels: c′ = the next retained class (the authors'). Prompt ids (a text-to-image model): the forget
+        # prompt is remapped to a retained prompt drawn per row from the step's generator (the authors' SD code
+        # pairs the concept with a random other prompt).
+        self.prompt_labels = getattr(adapter, "family", "ddpm") == "t2i"
+        if self.prompt_labels:
+            self.relabel = None
+            self.retained = torch.tensor(retained_classes(adapter, config), dtype=torch.long)
+        else:
+            self.relabel = relabel_table(adapter.num_classes, config.forget_classes).to(adapter.device)
         self.drop: torch.Tensor | None = None  #: ~m as a flat bool on the params' device, once computed
 
     @staticmethod
@@ -130,8 +139,13 @@ class SalUn(GradientMethod):
         a = self.adapter
         f = a.noised_batch(forget_batch.images, forget_batch.labels, forget_batch.generator, rows=forget_batch.rows)
         r = self.retain_inputs(retain_batch)
+        if self.prompt_labels:
+            pick = torch.randint(0, len(self.retained), (forget_batch.images.shape[0],), generator=forget_batch.generator)
+            c_prime = self.retained[forget_batch.local(pick)].to(a.device)
+        else:
+            c_prime = self.relabel[f.labels]
         with torch.no_grad():
-            target_f = a.predict(f.x_t, f.t, self.relabel[f.labels])  # sg(ε_θ(x_t | c′))
+            target_f = a.predict(f.x_t, f.t, c_prime)  # sg(ε_θ(x_t | c′))
         n_f = f.x_t.shape[0]
         pred = a.predict(torch.cat([f.x_t, r.x_t]), torch.cat([f.t, r.t]), torch.cat([f.labels, r.labels]))
         loss_f, loss_r = dual_noise_loss(pred, torch.cat([target_f, r.noise]).to(pred.dtype), n_f)
