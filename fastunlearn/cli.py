@@ -1,4 +1,4 @@
-"""The ``fastunlearn`` command: ``fastunlearn run | eval | verify | doctor``.
+"""The ``fastunlearn`` command: ``fastunlearn run | eval | verify | generate | doctor``.
 
 A user mistake (a :class:`~fastunlearn.errors.UserInputError`) ends with one line on stderr and exit code 2,
 never a traceback.
@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fastunlearn.cli_eval import add_subcommands
 
     add_subcommands(sub)
+    from fastunlearn.cli_generate import add_subcommand as add_generate
+
+    add_generate(sub)
     return parser
 
 
