@@ -150,15 +150,23 @@ def format_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
         retain_accuracy        97.8% [96.6–98.6] n=900         96.2% [94.8–97.2] n=900
         forget_accuracy_svm    ...
 
-    Each cell: the judged share, its 95 % Wilson interval and the number of generations; a last line names
-    the judges.
+    Each cell: the judged share, its 95 % Wilson interval and the number of generations; a headline key that
+    ``means`` lists (a mean score, e.g. the text-to-image ``clip_score_forget``) shows its value, its ``ci95``
+    and its count instead. A last line names the judges.
     """
     from fastunlearn.eval.stats import rate_text
 
     keys = list(before.get("headline") or [])
     n_before, n_after = before.get("n") or {}, after.get("n") or {}
-    rows = [(k, rate_text(before[k], n_before.get(k)), rate_text(after[k], n_after.get(k)))
-            for k in keys if k in before and k in after]
+    means = set(before.get("means") or [])
+
+    def cell(res: Mapping[str, Any], k: str, n: Mapping[str, int]) -> str:
+        if k not in means:
+            return rate_text(res[k], n.get(k))
+        lo, hi = (res.get("ci95") or {}).get(k, (res[k], res[k]))
+        return f"{res[k]:.2f} [{lo:.2f}–{hi:.2f}] n={n.get(k)}"
+
+    rows = [(k, cell(before, k, n_before), cell(after, k, n_after)) for k in keys if k in before and k in after]
     width = max([len("metric")] + [len(k) for k, _, _ in rows])
     cell = max([len("before")] + [len(b) for _, b, _ in rows])
     lines = [f"{'metric':<{width}}  {'before':<{cell}}  after"]
