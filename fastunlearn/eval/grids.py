@@ -46,7 +46,7 @@ def _render_rows(
     h, w = next((t.shape[1:3] for _, t in tiles if t.shape[0] > 0), (16, 16))
     cell_h, cell_w = h * scale, w * scale
     n_cols = max((t.shape[0] for _, t in tiles), default=0)
-    font = _font(max(12, cell_h // 2))
+    font = _font(min(32, max(12, cell_h // 2)))  # capped: a 512-px SD tile would otherwise get 256-px labels
     # Measured with the font actually used, so long labels ("3 before") never touch the tiles.
     label_width = int(max(font.getlength(label) for label, _ in tiles)) + 3 * gap
     title_h = (cell_h // 2 + 2 * gap) if title else 0
@@ -55,7 +55,7 @@ def _render_rows(
     canvas = Image.new("RGB", (max(width, 1), max(height, 1)), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     if title:
-        draw.text((gap, gap), title, fill=TEXT, font=_font(max(12, cell_h // 3)))
+        draw.text((gap, gap), title, fill=TEXT, font=_font(min(32, max(12, cell_h // 3))))
     for r, (label, arr) in enumerate(tiles):
         y = title_h + gap + r * (cell_h + gap)
         draw.text((gap, y + cell_h // 4), label, fill=TEXT, font=font)
