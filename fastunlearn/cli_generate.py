@@ -18,6 +18,7 @@ with the same images. :func:`generate_images` is the Python entry point the comm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -65,7 +66,8 @@ def generate_images(model_or_adapter: Any, prompts: Sequence[str] | None = None,
         num: images per prompt / class. seed: the noise seed. steps: DDIM steps.
         guidance: classifier-free guidance weight w (ε̂ = ε(x, ∅) + w·(ε(x, c) − ε(x, ∅))); default: the
             family's (text-to-image: :data:`fastunlearn.models.t2i.DEFAULT_GUIDANCE`; DDPM: 1.0, no guidance).
-        batch_size: rows per sampler call (the noise is fixed per row, so the batching does not choose it).
+        batch_size: rows per sampler call. The noise is fixed per row, so the batching does not choose it;
+            the backend's kernels may still round differently per batch size (≈1e-6 on CPU).
         progress: a tqdm bar over the rows on stderr.
 
     Returns:
@@ -181,10 +183,11 @@ def _out_format(out: str) -> Path:
                              f"is not one: use {kinds}")
     if path.is_dir():
         raise UserInputError(f"--out {out} is a directory; give a file name ending in .png or .npz")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserInputError(f"--out {out}: cannot create its folder {path.parent} ({exc.strerror or exc})") from None
+    # Checked before any work, created only when the file is written (a failed command leaves no folder behind).
+    existing = next(p for p in (path.parent.absolute(), *path.parent.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"--out {out}: its folder {path.parent} cannot be created ({existing} is not a "
+                             "writable directory)")
     return path
 
 
@@ -204,7 +207,12 @@ def _read_prompts(file: str) -> list[str]:
 
 
 def _write_atomic(path: Path, write) -> None:
-    """``write(file object)`` into a temporary file beside ``path``, then rename it over ``path``."""
+    """``write(file object)`` into a temporary file beside ``path``, then rename it over ``path`` (creating
+    ``path``'s folder): a reader never sees a half-written file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(f"cannot create the folder {path.parent} of {path} ({exc.strerror or exc})") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -212,6 +220,18 @@ def _write_atomic(path: Path, write) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _savez_reproducible(f: Any, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` (uncompressed, no pickles), with every member's zip timestamp fixed at 1980-01-01: the
+    same arrays give the same bytes, so the same command with the same seed writes the same file."""
+    import zipfile
+
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def _write_png(path: Path, images: torch.Tensor, row_labels: list[str], num: int) -> None:
@@ -224,16 +244,33 @@ def _write_png(path: Path, images: torch.Tensor, row_labels: list[str], num: int
     _write_atomic(path, lambda f: grid.save(f, format="PNG"))
 
 
+@contextlib.contextmanager
+def _loading_bars(show: bool):
+    """diffusers' and transformers' loading progress bars on (as they are) or off (``--quiet``) while loading."""
+    from diffusers.utils import logging as d_logging
+    from transformers.utils import logging as t_logging
+
+    before = [(m, m.is_progress_bar_enabled()) for m in (d_logging, t_logging)]
+    if not show:
+        for m, _ in before:
+            m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, enabled in before:
+            (m.enable_progress_bar if enabled else m.disable_progress_bar)()
+
+
 def _generate(args: argparse.Namespace) -> int:
+    from fastunlearn.cli_eval import _device
     from fastunlearn.engine.loop import cpu_threads
     from fastunlearn.models import family_of, load_model
 
     out = _out_format(args.out)
     prompts = list(args.prompt) if args.prompt is not None else (_read_prompts(args.prompts) if args.prompts else None)
-    from fastunlearn.cli_eval import _device
-
     dev = _device(args.device)
-    adapter = load_model(args.model, trust_pickle=args.trust_pickle).to(dev)
+    with _loading_bars(not args.quiet):
+        adapter = load_model(args.model, trust_pickle=args.trust_pickle).to(dev)
     if out.suffix.lower() == ".png" and adapter.image_shape[0] not in (1, 3):
         raise UserInputError(f"--out {args.out}: a PNG grid shows 1- or 3-channel images; this model draws "
                              f"{adapter.image_shape[0]} channels: write .npz instead")
@@ -255,14 +292,12 @@ def _generate(args: argparse.Namespace) -> int:
     if args.classes is not None:
         labels = (torch.tensor([concept_index(adapter, c) for c in args.classes]).repeat_interleave(args.num)
                   if t2i else cond)
-    if t2i:
-        row_labels = list(cond[::args.num])
-        what = f"{len(row_labels)} {'classes' if args.classes else 'prompts'}"
-    elif cond is not None:
-        row_labels = [str(int(c)) for c in cond[::args.num]]
-        what = f"{len(row_labels)} classes"
-    else:
+    if cond is None:
         row_labels, what = ["unconditional"], "unconditional"
+    else:
+        row_labels = list(cond[::args.num]) if t2i else [str(int(c)) for c in cond[::args.num]]
+        noun = "class" if args.classes else "prompt"
+        what = f"{len(row_labels)} {noun}{'' if len(row_labels) == 1 else ('es' if args.classes else 's')}"
     if out.suffix.lower() == ".png":
         _write_png(out, images, row_labels, args.num)
     else:
@@ -273,7 +308,7 @@ def _generate(args: argparse.Namespace) -> int:
             arrays["prompts"] = np.array(cond, dtype=np.str_)
         if labels is not None:
             arrays["labels"] = labels.numpy().astype(np.int64)
-        _write_atomic(out, lambda f: np.savez(f, **arrays))
+        _write_atomic(out, lambda f: _savez_reproducible(f, arrays))
     print(f"wrote {out}: {images.shape[0]} images ({what} × {args.num}) from {args.model}, {args.steps} DDIM steps, "
           f"guidance {guidance:g}, seed {args.seed}, {seconds:.1f}s on {dev}")
     return 0
