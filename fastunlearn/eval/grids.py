@@ -1,4 +1,5 @@
-"""Labelled image grids for reports: one row per class, the label at the start of the row.
+"""Labelled image grids for reports: one row per class, the label at the start of the row; for text-to-image
+models one row per prompt, the prompt's text above its before | after images.
 
 Written with PIL only (no matplotlib figure machinery), nearest-neighbour upscaling so that
 16×16 digits stay crisp and readable, and a fixed built-in font so the output does not
@@ -128,4 +129,76 @@ def save_before_after_grid(
     return path
 
 
-__all__ = ["save_class_grid", "save_before_after_grid"]
+def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
+    """``text`` cut to ``width`` pixels with a trailing ellipsis (a prompt may be a dozen words)."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def save_before_after_prompt_grid(
+    before_by_prompt: Mapping[str, torch.Tensor],
+    after_by_prompt: Mapping[str, torch.Tensor],
+    path: str | Path,
+    title: str | None = None,
+    scale: int = 4,
+    max_per_row: int = 8,
+    gap: int = 4,
+) -> Path:
+    """Save a PNG comparing two text-to-image models prompt by prompt: per prompt, its text on a line, then
+    one row with the "before" images on the left and the "after" images on the right (columns headed
+    ``before`` / ``after``). Prompts too long for the row are cut with an ellipsis.
+
+    Meant for unlearning reports: each prompt drawn from the same seeded noise before and after, so each
+    "after" image is the same draw as the "before" image in the same column of its half.
+
+    Args:
+        before_by_prompt / after_by_prompt: ``{prompt: Tensor[N, 1|3, H, W] in [-1, 1]}``; rows in the order
+            of ``before_by_prompt``; every prompt must be in both.
+    """
+    keys = list(before_by_prompt)
+    if not keys:
+        raise ValueError("save_before_after_prompt_grid needs at least one prompt of images")
+    missing = [k for k in keys if k not in after_by_prompt]
+    if missing:
+        raise ValueError(f"after_by_prompt lacks the prompts {missing} that before_by_prompt has")
+    rows = [(str(k), _to_uint8(before_by_prompt[k][:max_per_row]), _to_uint8(after_by_prompt[k][:max_per_row]))
+            for k in keys]
+    h, w = next((b.shape[1:3] for _, b, _ in rows if b.shape[0] > 0), (16, 16))
+    cell_h, cell_w = h * scale, w * scale
+    n_cols = max(max(b.shape[0], a.shape[0]) for _, b, a in rows)
+    half = max(n_cols, 1) * (cell_w + gap)
+    middle = 4 * gap  # the space between the two halves
+    width = gap + half + middle + half
+    font = _font(max(12, min(cell_h // 3, 18)))
+    line_h = int(font.getbbox("Ag")[3]) + gap
+    title_h = (line_h + gap) if title else 0
+    head_h = line_h + gap
+    height = title_h + head_h + len(rows) * (line_h + cell_h + 2 * gap) + gap
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((gap, gap), _fit_text(draw, title, font, width - 2 * gap), fill=TEXT, font=font)
+    y = title_h + gap
+    sep = gap + half + middle // 2 - gap // 2  # a thin rule between the halves
+    draw.line([(sep, y), (sep, height - gap)], fill=(190, 190, 190), width=1)
+    draw.text((gap, y), "before", fill=TEXT, font=font)
+    draw.text((gap + half + middle, y), "after", fill=TEXT, font=font)
+    y += head_h
+    for prompt, before, after in rows:
+        draw.text((gap, y), _fit_text(draw, prompt, font, width - 2 * gap), fill=TEXT, font=font)
+        y += line_h
+        for x0, arr in ((gap, before), (gap + half + middle, after)):
+            for c in range(arr.shape[0]):
+                tile = Image.fromarray(arr[c]).resize((cell_w, cell_h), Image.NEAREST)
+                canvas.paste(tile, (x0 + c * (cell_w + gap), y))
+        y += cell_h + 2 * gap
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+__all__ = ["save_class_grid", "save_before_after_grid", "save_before_after_prompt_grid"]
