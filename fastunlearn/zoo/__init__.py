@@ -21,7 +21,11 @@ DESCRIPTIONS: dict[str, str] = {
     "digits-ddpm": "class-conditional DDPM (UNet2DModel, 16×16 grey digits, label 10 = unconditional)",
     "digits-classifier": "CNN judge for 16×16 digits (logits over 10 classes, penultimate features)",
     "digits-svm": "second, independent judge: RBF-kernel SVM on the raw 16×16 pixels (scores over 10 classes)",
+    "digits-t2i": "text-to-image latent diffusion in the Stable Diffusion layout (MiniLM text encoder, VAE 16×16 ↔ "
+                  "8×8×4, UNet2DConditionModel): 'a handwritten digit seven' → a 16×16 grey digit",
 }
+#: Models whose shipped directory is not the loadable one: it is assembled on first use (see :mod:`fastunlearn.zoo.t2i`).
+ASSEMBLED = ("digits-t2i",)
 
 
 class ZooError(DataError):
@@ -58,6 +62,10 @@ def resolve(name_or_ref: str) -> Path:
             f"zoo model {name!r} is not present at {path}: "
             f"train it with `python -m fastunlearn.zoo.train {name}`"
         )
+    if name in ASSEMBLED:
+        from fastunlearn.zoo import t2i
+
+        return t2i.assemble(path)
     return path
 
 

