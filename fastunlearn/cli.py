@@ -87,6 +87,20 @@ def _run(args: argparse.Namespace) -> int:
 
 
 
+def _zoo(args: argparse.Namespace) -> int:
+    """``fastunlearn zoo list`` / ``fastunlearn zoo path NAME`` (the loadable directory; digits-t2i's is
+    assembled in the cache on first use)."""
+    from fastunlearn import zoo
+
+    if args.zoo_command == "path":
+        print(zoo.resolve(args.name))
+        return 0
+    for name, desc in zoo.DESCRIPTIONS.items():
+        present = name in zoo.available()
+        print(f"zoo:{name:<18} {desc}{'' if present else '  [not trained in this checkout]'}")
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from fastunlearn import doctor
 
@@ -159,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_doc = sub.add_parser("doctor", help="versions, devices, the C++/CUDA extension and which kernel backend each op uses")
     p_doc.add_argument("--json", action="store_true", help="print the report as JSON")
     p_doc.set_defaults(func=_doctor)
+    p_zoo = sub.add_parser("zoo", help="the models shipped with fastunlearn: list them, or print one's directory")
+    zoo_sub = p_zoo.add_subparsers(dest="zoo_command", metavar="list|path", parser_class=_Parser, required=True)
+    zoo_sub.add_parser("list", help="the shipped models, one line each").set_defaults(func=_zoo)
+    p_path = zoo_sub.add_parser("path", help="the loadable directory of a shipped model")
+    p_path.add_argument("name", help="NAME or zoo:NAME (e.g. digits-t2i)")
+    p_path.set_defaults(func=_zoo)
     from fastunlearn.cli_eval import add_subcommands
 
     add_subcommands(sub)
