@@ -4,6 +4,7 @@
 """
 from fastunlearn.methods.base import Batch, Method, available, get, register
 from fastunlearn.methods import erasediff as _erasediff  # noqa: F401  (registers "erasediff")
+from fastunlearn.methods import esd as _esd  # noqa: F401  (registers "esd")
 from fastunlearn.methods import finetune as _finetune  # noqa: F401  (registers "finetune")
 from fastunlearn.methods import gradient_ascent as _gradient_ascent  # noqa: F401  (registers "gradient_ascent")
 from fastunlearn.methods import salun as _salun  # noqa: F401  (registers "salun")
