@@ -450,15 +450,20 @@ class T2IAdapter:
                           final=torch.cat(finals) if finals else torch.empty((0, *self.latent_shape)))
 
     def _ddim_step(self, scheduler: Any, eps: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
-        """One DDIM step (eta 0) from an ε prediction, whatever the model predicts natively."""
+        """One DDIM step (eta 0) from an ε prediction, whatever the model predicts natively: exactly
+        ``DDIMScheduler.step`` (its x̂₀ thresholding or clipping as the scheduler's config sets them, ε unclipped),
+        so the stock pipeline samples the same images."""
         prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
         ab = scheduler.alphas_cumprod
         a_t = ab[t].to(x.device, torch.float32)
         a_prev = (ab[prev] if prev >= 0 else scheduler.final_alpha_cumprod).to(x.device, torch.float32)
         xf, ef = x.float(), eps.float()
         x0 = (xf - (1 - a_t).sqrt() * ef) / a_t.sqrt()
-        if scheduler.config.get("clip_sample", False) and self.vae is None:
-            x0 = x0.clamp(-1, 1)
+        if scheduler.config.get("thresholding", False):
+            x0 = scheduler._threshold_sample(x0)
+        elif scheduler.config.get("clip_sample", False):
+            limit = float(scheduler.config.get("clip_sample_range", 1.0))
+            x0 = x0.clamp(-limit, limit)
         return (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * ef).to(x.dtype)
 
     @torch.no_grad()
