@@ -118,9 +118,14 @@ def test_png_is_a_prompt_major_grid_of_the_images(tiny_model_dir, tmp_path):
     assert (labels < 128).any()  # the class labels are drawn
 
 
-def test_same_seed_same_bytes_other_seed_other_images(sd_dir, tmp_path):
+def test_same_seed_same_bytes_other_seed_other_images(sd_dir, tmp_path, monkeypatch):
+    import time
+
     args = ["--model", str(sd_dir), "--prompt", "x", "--num", "2"]
-    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+    assert _generate(*args, "--seed", "3", "--out", str(tmp_path / "a.npz")) == 0
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 400 * 86400)  # written "a year later": no clock in the file
+    for name, seed in (("b", "3"), ("c", "4")):
         assert _generate(*args, "--seed", seed, "--out", str(tmp_path / f"{name}.npz")) == 0
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
     a, c = np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "c.npz")["images"]
@@ -166,6 +171,23 @@ def test_t2i_class_uses_the_concepts_prompt(sd_concepts_dir, tmp_path):
     c, p = np.load(tmp_path / "c.npz"), np.load(tmp_path / "p.npz")
     assert c["prompts"].tolist() == ["a digit two", "a digit one"] and c["labels"].tolist() == [2, 1]
     np.testing.assert_array_equal(c["images"], p["images"])
+
+
+def test_unconditional_ddpm_needs_no_flag_and_refuses_classes(make_tiny_unet, tmp_path, capsys):
+    from diffusers import DDPMScheduler
+
+    from fastunlearn.models.ddpm import DDPMAdapter
+
+    model = DDPMAdapter(make_tiny_unet(num_class_embeds=None), DDPMScheduler()).save_pretrained(tmp_path / "u")
+    assert _generate("--model", str(model), "--num", "3", "--seed", "0", "--out", str(tmp_path / "u.npz")) == 0
+    data = np.load(tmp_path / "u.npz")
+    assert data["images"].shape == (3, 1, 16, 16) and "labels" not in data.files and "prompts" not in data.files
+    assert _generate("--model", str(model), "--num", "3", "--seed", "0", "--out", str(tmp_path / "u.png")) == 0
+    assert Image.open(tmp_path / "u.png").size[1] == 64 + 2 * 4  # one row
+    capsys.readouterr()
+    assert _generate("--model", str(model), "--class", "1", "--num", "1", "--seed", "0",
+                     "--out", str(tmp_path / "x.npz")) == 2
+    assert "unconditional: drop --class" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", ["no prompt", "class on t2i", "prompt on ddpm", "no class on ddpm", "class range",
