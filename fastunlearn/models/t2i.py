@@ -113,7 +113,7 @@ class T2IAdapter:
         self._sqrt_1mab = (1.0 - alphas).sqrt()
         self._prompts: list[str] = []
         self._index: dict[str, int] = {}
-        self._table: torch.Tensor | None = None  # [P, L, D] frozen-encoder states, on the model's device
+        self._shared: dict[str, torch.Tensor | None] = {"table": None}  # see _table
         self.train_text_encoder = False
         self.text_encoder.requires_grad_(False)
         self.text_encoder.eval()
@@ -190,6 +190,17 @@ class T2IAdapter:
         return self.train(False)
 
     # ------------------------------------------------------------------ prompts
+    @property
+    def _table(self) -> torch.Tensor | None:
+        """``[P, L, D]`` frozen-encoder states of the prompt table, on the model's device. Held, like ``_prompts``
+        and ``_index``, in an object a :meth:`scratch_copy` shares: a prompt registered through either adapter
+        gets one id that names the same row in both."""
+        return self._shared["table"]
+
+    @_table.setter
+    def _table(self, value: torch.Tensor | None) -> None:
+        self._shared["table"] = value
+
     def check_prompt(self, prompt: str, what: str = "prompt") -> None:
         """Raise a :class:`UserInputError` when ``prompt`` is empty or longer than the tokenizer takes."""
         if not isinstance(prompt, str):
