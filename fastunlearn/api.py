@@ -78,12 +78,21 @@ def evaluate(adapter: Any, cfg: UnlearnConfig, forget_classes: list[int], judge:
     if getattr(adapter, "family", "ddpm") == "t2i":
         from fastunlearn.eval.t2i import evaluate_t2i
 
+        # A prompt's class: the model's recorded concepts (digits-t2i), else the class the judge saw most in the
+        # generations *before* unlearning (the after evaluation is scored against the same classes).
+        classes = sets.prompts.concept_classes or (before["detail"]["concept_classes"] if before else None)
         return evaluate_t2i(adapter, cfg, sets.forget_prompts, sets.retain_prompts, judge,
-                            concept_classes=sets.prompts.concept_classes or None, paraphrases=sets.paraphrases,
-                            before=before)
+                            concept_classes=classes, paraphrases=sets.paraphrases, clip=cfg.clip,
+                            nudity=cfg.nudity)
     from fastunlearn.eval.evaluate import evaluate as _evaluate
 
     return _evaluate(adapter, cfg, forget_classes, judge, sets)
+
+
+def _evaluates(cfg: UnlearnConfig, judge: Any) -> bool:
+    """Whether the run measures before and after: a judge for the model's images, or (text-to-image) a CLIP
+    model / the nudity detector asked for."""
+    return judge is not None or (cfg.evaluate and bool(getattr(cfg, "clip", None) or getattr(cfg, "nudity", False)))
 
 
 def _original_weights(cfg: UnlearnConfig, adapter: Any) -> Path | bytes:
@@ -274,7 +283,12 @@ def _prepare_t2i(cfg: UnlearnConfig, dist: Any, adapter: Any, device: torch.devi
                        if c in sets.forget_classes and p not in sets.forget_prompts]
     t2i_sets = T2ISets(prompts=sets, forget_ids=forget_ids, retain_ids=retain_ids, forget_images=forget.images,
                        forget_classes=list(sets.forget_classes), description=sets.description, paraphrases=paraphrases)
-    judge = _judges(adapter) if cfg.evaluate else None
+    from fastunlearn.eval.t2i import t2i_judges
+
+    judge = t2i_judges(adapter) if cfg.evaluate else None
+    if cfg.evaluate and judge is None and not (cfg.clip or cfg.nudity):
+        print("note: no judge for this model's images (the digits judges take 16×16 digits): pass --clip CLIP "
+              "(a CLIP model directory or hub id) and/or --nudity to measure the erasure", flush=True)
     return adapter, method, forget, retain, t2i_sets, judge
 
 
@@ -372,7 +386,7 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step, dist: Any) -> Unle
     weights_before = _original_weights(cfg, adapter)
 
     before = None
-    if judge is not None:
+    if _evaluates(cfg, judge):
         cached = work / "eval_before.pt"  # resume must not pay for (or change) the base model's evaluation
         before = _load_eval_cache(cached) if cfg.resume else None
         if dist.sharded:  # the others join in gathering the full weights to evaluate
@@ -386,7 +400,7 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step, dist: Any) -> Unle
     method.finalize()
     dist.unshard(adapter, adapter.fast_path.attention)
     adapter.eval()
-    after = evaluate(adapter, cfg, sets.forget_classes, judge, sets, before=before) if judge is not None else None
+    after = evaluate(adapter, cfg, sets.forget_classes, judge, sets, before=before) if _evaluates(cfg, judge) else None
 
     check_finite_weights(adapter)
     adapter.save_pretrained(work)
@@ -432,7 +446,7 @@ def _run_other_process(cfg: UnlearnConfig, out_dir: Path, on_step, dist: Any, ad
     output; it returns process 0's metrics. Its collectives mirror process 0's in :func:`_run_prepared`."""
     from fastunlearn.engine import train
 
-    if dist.sharded and judge is not None and dist.broadcast_object(None):
+    if dist.sharded and _evaluates(cfg, judge) and dist.broadcast_object(None):
         dist.evaluation_copy(adapter)  # joins in gathering the full weights process 0 evaluates
     dist.barrier()  # process 0 has made the partial dir (and evaluated the model before)
     train(adapter, method, forget, retain, _loop_settings(cfg, adapter), work, on_step=on_step, dist=dist)

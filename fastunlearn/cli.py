@@ -29,7 +29,7 @@ _RUN_FLAGS = {
     "scope": "scope", "threads": "threads", "attention": "attention", "max_skipped_steps": "max_skipped_steps",
     "compile": "compile", "channels_last": "channels_last", "fused_optimizer": "fused_optimizer",
     "sharding": "sharding", "keep_checkpoints": "keep_checkpoints", "guidance": "guidance",
-    "images_per_prompt": "images_per_prompt",
+    "images_per_prompt": "images_per_prompt", "clip": "clip",
 }
 #: Shortcuts for the most used EraseDiff options (equal to --option KEY=VALUE).
 _OPTION_FLAGS = ("target", "lambda_rule", "eta")
@@ -53,7 +53,7 @@ def _run_config(args: argparse.Namespace):
     for key in ("forget", "retain"):  # repeatable: one selector stays a string (config.yaml reads as before)
         if isinstance(values.get(key), list) and len(values[key]) == 1:
             values[key] = values[key][0]
-    for flag in ("unconditional", "resume", "cuda_graphs", "grad_checkpointing", "trust_pickle"):
+    for flag in ("unconditional", "resume", "cuda_graphs", "grad_checkpointing", "trust_pickle", "nudity"):
         if getattr(args, flag):
             values[flag] = True
     if args.no_eval:
@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "(ESD-x), xattn-kv (ESD-x-strict), noxattn (ESD-u), text-encoder (default: the method's, else all)")
     p_run.add_argument("--guidance", type=float, help="text-to-image: classifier-free guidance of generation and "
                        "evaluation (default: the model's)")
+    p_run.add_argument("--clip", metavar="MODEL", help="text-to-image: a CLIP model (directory or hub id) whose CLIP "
+                       "score of the generations is measured before and after")
+    p_run.add_argument("--nudity", action="store_true", help="text-to-image: measure the nudity rate of the forget "
+                       "prompts' generations (NudeNet: pip install fastunlearn[nudity])")
     p_run.add_argument("--images-per-prompt", type=int, metavar="N",
                        help="text-to-image: images the frozen model generates per prompt for methods that train on "
                        "images (default 64)")

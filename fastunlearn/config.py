@@ -74,6 +74,10 @@ class UnlearnConfig:
     #: text-to-image: images of each forget/retain prompt the frozen model generates for methods that train on
     #: images (EraseDiff, SalUn, fine-tune, gradient ascent), unless images:DIR gives the user's own
     images_per_prompt: int = 64
+    #: text-to-image: a CLIP model (directory or hub id) for the CLIP score of the generations before and after
+    clip: str | None = None
+    #: text-to-image: measure the nudity rate of the forget prompts' generations (NudeNet, ``pip install fastunlearn[nudity]``)
+    nudity: bool = False
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)  #: method options
 
@@ -185,7 +189,7 @@ class UnlearnConfig:
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise UserInputError(f"lr must be a positive number, got {self.lr!r}")
         for key in ("unconditional", "evaluate", "resume", "progress", "cuda_graphs", "grad_checkpointing",
-                    "trust_pickle"):
+                    "trust_pickle", "nudity"):
             if not isinstance(getattr(self, key), bool):
                 raise UserInputError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
@@ -211,6 +215,8 @@ class UnlearnConfig:
         if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))
                                           or not self.guidance >= 1.0):
             raise UserInputError(f"guidance must be a number >= 1 (1: no guidance), got {self.guidance!r}")
+        if self.clip is not None and (not isinstance(self.clip, str) or not self.clip):
+            raise UserInputError(f"clip must be a CLIP model directory or hub id, got {self.clip!r}")
         if self.scope is not None and not isinstance(self.scope, str):
             raise UserInputError(f"scope must be a string, got {self.scope!r}")
         if not isinstance(self.options, Mapping):
