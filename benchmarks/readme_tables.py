@@ -132,8 +132,37 @@ def forgetting_table() -> str:
     return "\n".join(lines)
 
 
+def t2i_table() -> str:
+    """bench_t2i.py: ESD per iteration (the library's amortised over its run) vs the authors' loop, and the time to
+    erase the forget prompt on digits-t2i; the latest commit's rows per device and model."""
+    path = RESULTS / "t2i.csv"
+    if not path.exists():
+        return "_not yet measured_"
+    with open(path) as fh:
+        rows = _latest_commit_rows(list(csv.DictReader(fh)), ("model", "impl", "batch"))
+    if not rows:
+        return "_not yet measured_"
+    order = {"digits": 0, "sd": 1}
+    rows.sort(key=lambda r: (r["device"], order.get(r["model"], 9), r["impl"] != "reference", r["impl"]))
+    lines = []
+    for device in sorted({r["device"] for r in rows}):
+        sample = next(r for r in rows if r["device"] == device)
+        commits = ", ".join(sorted({r["commit"] for r in rows if r["device"] == device}))
+        lines += [f"**{device}** — torch {sample['torch']}, commit {commits}, {sample['date'][:10]}", "",
+                  "| model | weights | impl | precision | batch | per iteration ms | bank s (amortised over) | "
+                  "speed-up | time to erase s (iterations) | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["device"] == device):
+            bank = f"{r['bank_s']} ({r['amortised_over']})" if r["bank_s"] else "–"
+            erase = f"{r['time_to_erase_s']} ({r['erase_iters']})" if r["time_to_erase_s"] else \
+                (f"not within the cap (share {float(r['erase_share']):.1%})" if r["erase_share"] else "–")
+            lines.append(f"| {r['model']} | {r['weights']} | {r['impl']} | {r['precision']} | {r['batch']} | "
+                         f"{r['per_iter_ms']} | {bank} | **{r['speedup']}×** | {erase} | {r['note']} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 TABLES = {"ops": ops_table, "methods": methods_table, "step": step_table,
-          "fastpath": lambda: step_table("fastpath"), "forgetting": forgetting_table}
+          "fastpath": lambda: step_table("fastpath"), "forgetting": forgetting_table, "t2i": t2i_table}
 
 
 def main() -> int:
