@@ -34,14 +34,18 @@ step's generator (the draws for all rows of the global batch, computed on ``batc
 runs are exact), forms the target from its frozen predictions and runs ONE forward and backward of ε_θ: the step
 costs what a plain denoising step costs. Row layout: prompt slot p, trajectory j, step s → row (p·J + j)·S + s.
 
-**Bank size and refresh: the trade-off.** A bank of J trajectories per prompt costs J·S batched CFG rows
-(×2 UNet rows) of frozen sampling once and holds J·S rows of 3 latents (4 with ``erase_from``) in fp32 on the
-device: 64 KiB per latent on SD 1.x (4×64×64), so J = 8, S = 50 is ≈ 75 MiB per prompt. The authors' run of 200
-iterations draws 200 fresh trajectories and uses one row of each; a bank of J trajectories reuses J starting
-noises, each seen at every noise level. The rows stay exact samples of the frozen model's own distribution; what
-a small J loses is the number of distinct images the erasure sees. ``refresh_every = N`` rebuilds the bank from a
-new seed every N steps (one more bank build per N steps, the same memory); 0 keeps one bank for the run. Measured
-costs: ``benchmarks/bench_t2i.py`` (the bank build is amortised over the run there).
+**Bank size and refresh: the trade-off.** A bank of J trajectories per prompt costs S guided UNet calls over
+2·J rows, once, and holds J·S rows of 3 latents (4 with ``erase_from``) in fp32 on the device: 64 KiB per latent
+on SD 1.x (4×64×64), so J = 4, S = 50 is ≈ 38 MiB per prompt. The authors' run of 200 iterations draws 200 fresh
+trajectories and uses one row of each (≈ 25 guided calls of 2 rows per row used); a bank of J trajectories
+serves every noise level of J starting noises. The rows stay exact samples of the frozen model's own
+distribution; what a small J loses is the number of distinct images the erasure sees, what a large J costs is
+compute that a short run does not use: where a UNet call costs in proportion to its rows (a CPU, or a GPU at
+large latents) the bank adds 2·J·S/n rows of frozen forward per iteration of an n-iteration run, against
+≈ 3 rows-equivalent of the step itself. The default J = 4 gives 200 rows per prompt: the authors' 200
+single-row iterations see each row once on average. ``refresh_every = N`` rebuilds the bank from a new seed
+every N steps (one more bank build per N steps, the same memory; more distinct images); 0 keeps one bank for
+the run. Measured: ``benchmarks/bench_t2i.py`` (the bank build amortised over the run).
 
 The target is formed from the drawn rows by two elementwise operations before the fused loss, not inside
 :func:`~fastunlearn.ops.dual_noise_loss`: measured at 0.05–0.08% of a step on the tiny SD (CPU, B 1–32) and
@@ -81,7 +85,7 @@ class ESDOptions:
     eta: float = 1.0
     sampling_guidance: float = 3.0  #: classifier-free guidance of the frozen trajectories (the authors' 3)
     ddim_steps: int = 50  #: DDIM steps of a trajectory = rows it gives (the authors' 50)
-    trajectories: int = 8  #: frozen trajectories per prompt in the bank (J; see "Bank size and refresh")
+    trajectories: int = 4  #: frozen trajectories per prompt in the bank (J; see "Bank size and refresh")
     refresh_every: int = 0  #: rebuild the bank from a new seed every N steps (0: one bank for the run)
     #: the authors' ``erase_from``: a prompt c′ whose prediction is trained away from the forget prompt (x_t
     #: sampled from c′, target anchored at ε₀(x_t, c′)); "" for none
