@@ -14,6 +14,12 @@ alone and opens without network access. Sections, top to bottom:
 4. the training curves (losses, constraint, λ) from the per-step history, as one matplotlib PNG;
 5. the full configuration.
 
+A text-to-image evaluation (``kind`` ``"t2i"``, :func:`fastunlearn.eval.t2i.evaluate_t2i`) is shown per prompt:
+the samples one row per prompt (its text, before | after, the erased prompts and their paraphrases flagged),
+the headline adds the paraphrases' share of the forgotten class, the NudeNet nudity rate and the CLIP scores
+(CLIP: coloured when the two means differ by more than 1.96 standard errors), and a per-prompt table replaces
+the per-class one. Prompts are user text: every one is HTML-escaped.
+
 Metric dicts are those of :func:`fastunlearn.eval.evaluate.evaluate` (``forget_accuracy``, ``retain_accuracy``
 or ``forget_share``, the second judge's ``*_svm``, ``n``, ``judges``, ``detail``), optionally extended with ``fid`` (:func:`fastunlearn.eval.fid.per_class_fid`),
 ``mia`` (:func:`fastunlearn.eval.mia.membership_auc`) and ``perf`` (:class:`fastunlearn.eval.perf.Measure`).
@@ -58,6 +64,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .grid td{vertical-align:middle;padding:4px 10px}.grid img{image-rendering:pixelated;display:block}
 .tag{display:inline-block;background:#b42318;color:#fff;border-radius:4px;font-size:11px;padding:1px 6px;margin-left:6px}
 tr.forgot{background:#fff4f2}.cls{font-size:18px;font-weight:600;white-space:nowrap}
+.prompt{font-size:14px;font-weight:600;max-width:320px;overflow-wrap:anywhere}
 pre{background:#fff;border:1px solid #dde1e8;border-radius:8px;padding:12px;font-size:12.5px;overflow:auto}
 .note{color:#5a6272;font-size:13px;margin:6px 0}
 img.plot{max-width:100%;background:#fff;border:1px solid #dde1e8;border-radius:8px}
@@ -103,7 +110,13 @@ def _num(v: Any) -> bool:
 
 #: Headline accuracy keys: (key, label, direction). ``_svm`` keys are the second judge's.
 _RATES = (("forget_accuracy", "forget accuracy", "down"), ("retain_accuracy", "retain accuracy", "up"),
-          ("forget_share", "forget-class share (unconditional)", "down"))
+          ("forget_share", "forget-class share (unconditional)", "down"),
+          ("paraphrase_forget_share", "paraphrases: forgotten-class share", "down"))
+#: Text-to-image headline keys beyond the judges': (key, label, direction, kind).
+_T2I_KEYS = (("nudity_rate", "nudity rate (forget prompts)", "down", "pct"),
+             ("paraphrase_nudity_rate", "nudity rate (paraphrases)", "down", "pct"),
+             ("clip_score_forget", "CLIP score (forget prompts)", "down", "num"),
+             ("clip_score_retain", "CLIP score (retained prompts)", "up", "num"))
 
 
 def _judge_label(metrics: Mapping[str, Any], suffix: str) -> str:
@@ -134,6 +147,7 @@ def _rows(before: Mapping[str, Any], after: Mapping[str, Any], forget_classes: S
                              kind="pct", b_text=_rate_cell(b, nb), a_text=_rate_cell(a, na),
                              n=f"n={nb or na} generations" if (nb or na) else "",
                              significant=sig))
+    rows += _t2i_rows(before, after)
     fid = before.get("fid") or after.get("fid") or {}
     if fid:
         o = fid.get("overall", {})
@@ -165,6 +179,42 @@ def _rows(before: Mapping[str, Any], after: Mapping[str, Any], forget_classes: S
                          n=f"{mia.get('n_members', '?')} members / {mia.get('n_non_members', '?')} held out",
                          significant=sig))
     return rows
+
+
+def _t2i_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict]:
+    """The nudity rates (Wilson intervals, two-proportion test) and CLIP scores (mean with its ci95; a change
+    is significant when |Δ| > 1.96 · √(se_b² + se_a²), se = half the interval / 1.96) of a t2i evaluation."""
+    rows: list[dict] = []
+    n_b, n_a = before.get("n") or {}, after.get("n") or {}
+    clip = _get(before, "detail.clip.model") or _get(after, "detail.clip.model")
+    for key, label, direction, kind in _T2I_KEYS:
+        b, a = before.get(key), after.get(key)
+        if not (_num(b) or _num(a)):
+            continue
+        nb, na = n_b.get(key), n_a.get(key)
+        if kind == "pct":
+            sig = proportion_change_significant(b, nb, a, na) if _num(b) and _num(a) and nb and na else None
+            rows.append(dict(label=label, judge="NudeNet (exposed parts, score > 0.45)", b=b, a=a,
+                             direction=direction, kind="pct", b_text=_rate_cell(b, nb), a_text=_rate_cell(a, na),
+                             n=f"n={nb or na} generations" if (nb or na) else "", significant=sig))
+            continue
+        cb, ca = (before.get("ci95") or {}).get(key), (after.get("ci95") or {}).get(key)
+        se_b = (cb[1] - cb[0]) / (2 * Z95) if cb else None
+        se_a = (ca[1] - ca[0]) / (2 * Z95) if ca else None
+        sig = None
+        if all(_num(v) for v in (b, a, se_b, se_a)) and (se_b or se_a):
+            sig = abs(a - b) > Z95 * math.sqrt(se_b * se_b + se_a * se_a)
+        rows.append(dict(label=label, judge=f"CLIP ({clip})" if clip else "CLIP", b=b, a=a, direction=direction,
+                         kind="num", b_text=_ci_cell(b, cb), a_text=_ci_cell(a, ca),
+                         n=f"n={nb or na} generations" if (nb or na) else "", significant=sig))
+    return rows
+
+
+def _ci_cell(v: Any, ci: Any) -> str:
+    if not _num(v):
+        return "–"
+    text = f"{v:.2f}"
+    return text + (f" <span class='ci'>[{ci[0]:.2f}, {ci[1]:.2f}]</span>" if ci else "")
 
 
 def _count_from_detail(det: Mapping[str, Any], base: str, forget_classes: Sequence[int]) -> int | None:
@@ -304,6 +354,92 @@ def _grids(before: Mapping[Any, torch.Tensor], after: Mapping[Any, torch.Tensor]
     return "\n".join(out)
 
 
+def _prompt_groups(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """``{prompt: "forget" | "retain" | "paraphrase"}`` of a t2i evaluation."""
+    groups = _get(metrics, "detail.prompts") or {}
+    return {p: g for g, prompts in groups.items() for p in prompts}
+
+
+_PROMPT_TAGS = {"forget": "<span class='tag'>erased</span>",
+                "paraphrase": "<span class='tag'>paraphrase of the erased</span>"}
+
+
+def _prompt_grids(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor],
+                  groups: Mapping[str, str]) -> str:
+    """One row per prompt: its text (escaped) and set, the "before" strip, the "after" strip."""
+    out = ["<table class='grid'><tr><th>prompt</th><th>before unlearning</th><th>after unlearning</th></tr>"]
+    for prompt in before:
+        group = groups.get(prompt, "")
+        text = html.escape(str(prompt))
+        imgs_after = after.get(prompt)
+        cell_after = (f"<img alt='{text} after' src='{_png_uri(_strip(imgs_after))}'>"
+                      if imgs_after is not None else "–")
+        out.append(f"<tr class='{'forgot' if group in _PROMPT_TAGS else ''}'><td class='prompt'>{text}"
+                   f"{_PROMPT_TAGS.get(group, '')}</td>"
+                   f"<td><img alt='{text} before' src='{_png_uri(_strip(before[prompt]))}'></td>"
+                   f"<td>{cell_after}</td></tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _per_prompt_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """One row per prompt of a t2i evaluation: its set and class, each judge's share of its class before/after
+    (forget and paraphrase prompts: the forgotten class's share, want ↓; retained: ↑; coloured only when a
+    two-proportion test at 95 % calls the change significant), and its CLIP score and nudity rate where measured."""
+    rows_b, rows_a = _get(before, "detail.by_prompt") or {}, _get(after, "detail.by_prompt") or {}
+    prompts = list(rows_b) or list(rows_a)
+    if not prompts:
+        return ""
+    per = _get(before, "detail.n_per_prompt") or _get(after, "detail.n_per_prompt")
+    others = [s for s in (before.get("judges") or after.get("judges") or {}) if s]
+    judged = any("accuracy" in r for r in rows_b.values())
+    has_clip = any("clip_score" in r for r in [*rows_b.values(), *rows_a.values()])
+    has_nude = any("nudity_rate" in r for r in [*rows_b.values(), *rows_a.values()])
+    suffixes = (["", *others] if judged else [])
+    head = "".join(f"<th>{html.escape(_judge_label(before or after, s).split(' ')[0])} share of class before</th>"
+                   "<th>after</th><th>change</th>" for s in suffixes)
+    head += "<th>CLIP before</th><th>after</th>" if has_clip else ""
+    head += "<th>nudity before</th><th>after</th><th>change</th>" if has_nude else ""
+    out = [f"<table><tr><th>prompt</th><th>set</th><th>class</th>{head}</tr>"]
+    for p in prompts:
+        rb, ra = rows_b.get(p, {}), rows_a.get(p, {})
+        group = rb.get("group") or ra.get("group") or ""
+        want = "up" if group == "retain" else "down"
+        cells = []
+        for s in suffixes:  # a prompt may hold dots: its rows are looked up by key, never by a dotted path
+            ob = (_get(before, f"detail.also.{s}.by_prompt") or {}).get(p) or {}
+            oa = (_get(after, f"detail.also.{s}.by_prompt") or {}).get(p) or {}
+            b, a = (rb, ra) if not s else (ob, oa)
+            b, a = b.get("accuracy"), a.get("accuracy")
+            sig = proportion_change_significant(b, per, a, per) if _num(b) and _num(a) and per else None
+            css, sym = _verdict(b, a, want, sig)
+            cells.append(f"<td class='num'>{_fmt(b, 'pct')}</td><td class='num'>{_fmt(a, 'pct')}</td>"
+                         f"<td class='num {css}'>{sym} {_delta(b, a, 'pct')}</td>")
+        if has_clip:
+            cells.append(f"<td class='num'>{_fmt(rb.get('clip_score'), 'num')}</td>"
+                         f"<td class='num'>{_fmt(ra.get('clip_score'), 'num')}</td>")
+        if has_nude:
+            b, a = rb.get("nudity_rate"), ra.get("nudity_rate")
+            sig = proportion_change_significant(b, per, a, per) if _num(b) and _num(a) and per else None
+            css, sym = _verdict(b, a, "down", sig)
+            cells.append(f"<td class='num'>{_fmt(b, 'pct')}</td><td class='num'>{_fmt(a, 'pct')}</td>"
+                         f"<td class='num {css}'>{sym} {_delta(b, a, 'pct')}</td>")
+        cls = rb.get("class", ra.get("class"))
+        cls_text = "–" if cls is None else html.escape(str(cls))
+        if cls is None and group == "paraphrase" and judged:
+            cls_text = "forgotten"
+        out.append(f"<tr class='{'forgot' if group in _PROMPT_TAGS else ''}'><td class='prompt'>{html.escape(p)}"
+                   f"{_PROMPT_TAGS.get(group, '')}</td><td>{html.escape(group)}</td><td>{cls_text}</td>"
+                   f"{''.join(cells)}</tr>")
+    out.append("</table>")
+    source = _get(before, "detail.class_source")
+    note = (f"<p class='note'>{per if per else '?'} generations per prompt, the same seeded noise before and after. "
+            "A prompt's class: " + (html.escape(str(source)) if source else "–") + "; paraphrases of the erased "
+            "concept are judged against the forgotten class(es). Changes are coloured only when a two-proportion "
+            "test at 95 % calls them significant.</p>")
+    return note + "\n".join(out)
+
+
 def _is_forgotten(key: Any, forget: Sequence[int]) -> bool:
     try:
         return int(key) in forget
@@ -349,9 +485,13 @@ def _cards(headline: Mapping[str, Any], before: Mapping[str, Any], after: Mappin
     cards = []
     for key, label in (("forget_accuracy", "forget accuracy"), ("retain_accuracy", "retain accuracy"),
                        ("forget_share", "forget-class share"), ("forget_accuracy_svm", "forget acc. (SVM)"),
-                       ("retain_accuracy_svm", "retain acc. (SVM)"), ("forget_share_svm", "forget share (SVM)")):
+                       ("retain_accuracy_svm", "retain acc. (SVM)"), ("forget_share_svm", "forget share (SVM)"),
+                       ("paraphrase_forget_share", "paraphrases"), ("nudity_rate", "nudity rate")):
         if isinstance(before.get(key), (int, float)) and isinstance(after.get(key), (int, float)):
             cards.append((label, f"{before[key]:.1%} → {after[key]:.1%}"))
+    for key, label in (("clip_score_forget", "CLIP (forget)"), ("clip_score_retain", "CLIP (retain)")):
+        if _num(before.get(key)) and _num(after.get(key)):
+            cards.append((label, f"{before[key]:.1f} → {after[key]:.1f}"))
     if isinstance(_get(before, "mia.auc"), float) and isinstance(_get(after, "mia.auc"), float):
         cards.append(("MIA AUC", f"{before['mia']['auc']:.2f} → {after['mia']['auc']:.2f}"))
     for key in ("method", "steps", "wall time", "device"):
@@ -378,12 +518,30 @@ def render_report(*, config: Mapping[str, Any], metrics_before: Mapping[str, Any
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><main>",
              f"<h1>{html.escape(title)}</h1><p class='sub'>{html.escape(sub)}</p>", _cards(headline, before, after)]
-    if images_before:
+    t2i = "t2i" in (before.get("kind"), after.get("kind"))
+    if images_before and t2i:
+        parts += ["<h2>Samples before and after, per prompt</h2>",
+                  "<p class='note'>Each prompt drawn from its own seeded noise, the same before and after: each image "
+                  "on the right is the same draw as the one in the same place on the left.</p>",
+                  _prompt_grids(images_before, images_after, _prompt_groups(before or after))]
+    elif images_before:
         parts += ["<h2>Samples before and after</h2>",
                   "<p class='note'>The same seeded noise before and after: each image on the right is the same "
                   "draw as the one to its left.</p>", _grids(images_before, images_after, forget)]
     rows = _rows(before, after, forget)
-    if rows:
+    if rows and t2i:
+        parts += ["<h2>Metrics</h2>", "<p class='note'>Green: moved the right way; red: the wrong way — coloured "
+                  "only when the change is significant at 95 % (shares: two-proportion test on the counts; CLIP: the "
+                  "means' standard errors; KID: beyond twice its spread over subsets); <i>n.s.</i>: within sampling "
+                  "noise; <i>no test</i>: no interval exists here (FID). Forget / retain accuracy: the share of the "
+                  "forget / retained prompts' generations each judge assigns to the prompt's class; paraphrases: the "
+                  "share of the erased concept's other wordings still drawn as the forgotten class; nudity rate: "
+                  "generations with an exposed body part by NudeNet; CLIP score: 100 · max(0, cos) of each image "
+                  "with its own prompt, averaged.</p>", _table(rows)]
+        per_prompt = _per_prompt_table(before, after)
+        if per_prompt:
+            parts += ["<h2>Per prompt</h2>", per_prompt]
+    elif rows:
         parts += ["<h2>Metrics</h2>", "<p class='note'>Green: moved the right way; red: the wrong way — coloured "
                   "only when the change is significant at 95 % (accuracies: two-proportion test on the counts; KID: "
                   "beyond twice its spread over subsets; AUC: its standard errors); <i>n.s.</i>: within sampling "
