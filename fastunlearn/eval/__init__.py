@@ -8,6 +8,10 @@
 - :mod:`~fastunlearn.eval.stats`: binomial (Wilson) intervals and the significance rule of the report;
 - :mod:`~fastunlearn.eval.fid`: FID/KID (KID on L2-normalised features) in the judge's feature space via torchmetrics (Inception only from a
   local weight file), per retained class and overall;
+- :mod:`~fastunlearn.eval.t2i`: the text-to-image evaluation (per prompt: judged class shares, paraphrases,
+  CLIP score, nudity rate), in :mod:`~fastunlearn.eval.evaluate`'s schema;
+- :mod:`~fastunlearn.eval.clip_score`: CLIPScore with a user-supplied CLIP model;
+- :mod:`~fastunlearn.eval.nudity`: NudeNet's nudity rate (the optional ``[nudity]`` extra);
 - :mod:`~fastunlearn.eval.mia`: loss-based membership-inference AUC of the forget set vs held-out images;
 - :mod:`~fastunlearn.eval.perf`: wall time, throughput, peak memory;
 - :mod:`~fastunlearn.eval.grids`: labelled PNG sample grids;
