@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import sys
+from base64 import b64decode
 from html.parser import HTMLParser
 from types import SimpleNamespace
 
@@ -314,8 +315,6 @@ def test_report_shows_per_prompt_grids_and_escapes_prompts(adapter, edited, pane
     prompts = FORGET + [nasty, "a red car"] + PARA
     assert [i["alt"] for i in parser.images] == [f"{p} {w}" for p in prompts for w in ("before", "after")]
     for img in parser.images:  # every strip decodes
-        from base64 import b64decode
-
         Image.open(io.BytesIO(b64decode(img["src"].split(",", 1)[1]))).load()
     # the before strip holds the before images, the after strip the after ones
     black = {p: -torch.ones(4, 3, 16, 16) for p in prompts}
@@ -324,8 +323,6 @@ def test_report_shows_per_prompt_grids_and_escapes_prompts(adapter, edited, pane
     swapped.feed(render_report(config={}, metrics_before=before, metrics_after=after, history=[],
                                images_before=black, images_after=white, headline={}))
     for img in swapped.images:
-        from base64 import b64decode
-
         arr = np.asarray(Image.open(io.BytesIO(b64decode(img["src"].split(",", 1)[1]))).convert("L"))
         assert arr[0, 0] == (0 if img["alt"].endswith("before") else 255), img["alt"]
     text = " ".join(parser.text)
