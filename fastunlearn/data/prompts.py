@@ -126,22 +126,24 @@ def parse_side(selector: Any, side: str, image_shape: tuple[int, int, int] | Non
 
 
 def concept_prompts(concepts: dict[str, Any] | None) -> dict[str, int]:
-    """prompt → class for every prompt a model's recorded concepts name (its template and paraphrases)."""
+    """prompt → class for every prompt a model's recorded concepts name: ``template`` and each of ``paraphrases``
+    (templates with ``{name}`` — the class name — and ``{numeral}``, or one positional ``{}``), per class."""
     if not concepts or not concepts.get("classes"):
         return {}
     out: dict[str, int] = {}
     templates = [concepts.get("template", "{}")] + list(concepts.get("paraphrases", []))
     numerals = concepts.get("numerals") or [None] * len(concepts["classes"])
     for c, (name, numeral) in enumerate(zip(concepts["classes"], numerals)):
-        for t in templates:
-            out.setdefault(t.format(name=name, numeral=numeral if numeral is not None else name), c)
+        for t in templates:  # "{name}"/"{numeral}" fields, or one positional "{}" = the name
+            out.setdefault(t.format(name, name=name, numeral=numeral if numeral is not None else name), c)
     return out
 
 
 def class_prompt(concepts: dict[str, Any], c: int) -> str:
     """The canonical prompt of class ``c`` (the concepts' template)."""
     numerals = concepts.get("numerals") or concepts["classes"]
-    return concepts.get("template", "{name}").format(name=concepts["classes"][c], numeral=numerals[c])
+    name = concepts["classes"][c]
+    return concepts.get("template", "{name}").format(name, name=name, numeral=numerals[c])
 
 
 def select_prompts(forget: Any, retain: Any, adapter: Any) -> PromptSets:

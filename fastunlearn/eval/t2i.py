@@ -80,26 +80,15 @@ def t2i_judges(adapter: Any, second: bool = True) -> dict[str, Any] | None:
 
 
 def concept_prompt_classes(concepts: Mapping[str, Any] | Any) -> dict[str, int]:
-    """``{prompt: class}`` from a model's ``concepts`` (or an adapter holding them): ``template.format(name)``
-    for each class name, and each paraphrase the concepts list — ``paraphrases`` as templates
-    (``["the number {}", ...]``, formatted with each class name) or per class name (``{"zero": [...], ...}``)."""
+    """``{prompt: class}`` from a model's ``concepts`` (or an adapter holding them):
+    :func:`fastunlearn.data.prompts.concept_prompts` (the one reader of the concepts' format)."""
+    from fastunlearn.data.prompts import concept_prompts
+
     if not isinstance(concepts, Mapping):
         concepts = getattr(concepts, "concepts", None) or {}
-    names = list(concepts.get("classes") or [])
-    if not names:
+    if not concepts.get("classes"):
         raise UserInputError("the model names no concepts (classes): give the prompts' classes explicitly")
-    template = concepts.get("template") or "{}"
-    out = {template.format(name): c for c, name in enumerate(names)}
-    para = concepts.get("paraphrases") or []
-    if isinstance(para, Mapping):
-        for name, prompts in para.items():
-            if name not in names:
-                raise UserInputError(f"paraphrases name the concept {name!r}, which is not one of {names}")
-            out.update({p: names.index(name) for p in ([prompts] if isinstance(prompts, str) else prompts)})
-    else:
-        for t in para:
-            out.update({t.format(name): c for c, name in enumerate(names)})
-    return out
+    return concept_prompts(dict(concepts))
 
 
 def majority_classes(predicted_counts: Mapping[str, Sequence[int]]) -> dict[str, int]:
