@@ -141,8 +141,8 @@ class T2ITrainConfig:
     unet_architecture: dict[str, Any] = field(
         default_factory=lambda: dict(
             sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128),
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=128,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=128,
             attention_head_dim=8, norm_num_groups=32, encoder_hid_dim=384, encoder_hid_dim_type="text_proj",
             addition_embed_type="text", addition_embed_type_num_heads=8,
         )
@@ -159,6 +159,9 @@ class T2ITrainConfig:
     eval_guidance: float = 3.0
     eval_per_prompt: int = 100
     eval_seed: int = 1234
+    #: every N UNet steps, print the EMA model's accuracy on the canonical prompts (20 images per digit, its
+    #: own generator: it does not change the training's random stream); 0: never
+    progress_eval_every: int = 500
 
 
 CONFIGS: dict[str, Any] = {
@@ -457,6 +460,42 @@ def _t2i_components(config: T2ITrainConfig):
     return encoder, tokenizer
 
 
+@torch.no_grad()
+def _t2i_progress(unet: Any, vae: Any, scheduler: Any, states: torch.Tensor, n_templates: int,
+                  config: T2ITrainConfig, per_digit: int = 20) -> None:
+    """Print the judge's accuracy per digit on the canonical prompt's generations (a progress reading)."""
+    from fastunlearn.zoo import load_classifier
+
+    judge = load_classifier()
+    was = unet.training
+    unet.eval()
+    accs = []
+    for d in range(10):
+        cond = states[d * n_templates: d * n_templates + 1].expand(per_digit, -1, -1)
+        x = _cfg_ddim(unet, scheduler, cond, states[-1:].expand(per_digit, -1, -1), config.eval_steps,
+                      config.eval_guidance, torch.Generator().manual_seed(d))
+        images = vae.decode(x / vae.config.scaling_factor).sample.clamp(-1, 1)
+        accs.append(float((judge(images).argmax(1) == d).float().mean()))
+    unet.train(was)
+    print("  progress: accuracy on 'a handwritten digit {name}': mean "
+          f"{sum(accs) / 10:.3f} by digit {[round(a, 2) for a in accs]}", flush=True)
+
+
+def _cfg_ddim(unet: Any, scheduler: Any, cond: torch.Tensor, uncond: torch.Tensor, steps: int, guidance: float,
+              gen: torch.Generator) -> torch.Tensor:
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(steps)
+    n = cond.shape[0]
+    x = torch.randn((n, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size), generator=gen)
+    both = torch.cat([uncond, cond])
+    for t in ddim.timesteps:
+        e_u, e_c = unet(torch.cat([x, x]), t, encoder_hidden_states=both).sample.chunk(2)
+        x = ddim.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
+    return x
+
+
 def train_t2i(config: T2ITrainConfig, out_dir: Path) -> dict[str, Any]:
     """Train ``digits-t2i`` (VAE, then the UNet on latents; EMA weights saved) and write the shipped directory:
     everything of a ``StableDiffusionPipeline`` but the text encoder's weights (see :mod:`fastunlearn.zoo.t2i`)."""
@@ -532,6 +571,8 @@ def train_t2i(config: T2ITrainConfig, out_dir: Path) -> dict[str, Any]:
             print(f"unet step {step + 1}/{config.steps} loss {running / 100:.4f} "
                   f"lr {lr_sched.get_last_lr()[0]:.2e} {time.perf_counter() - start:.0f}s", flush=True)
             running = 0.0
+        if config.progress_eval_every and (step + 1) % config.progress_eval_every == 0:
+            _t2i_progress(ema, vae, scheduler, states, n_templates, config)
     wall = time.perf_counter() - start
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=ema, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -589,8 +630,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-measure the quality of an existing directory (DDPM only)")
     parser.add_argument("--steps", type=int, default=None,
                         help="override the step/epoch count (smoke tests only; recorded)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     config = CONFIGS[args.name]
     if args.steps is not None:
         if args.name == "digits-svm":
