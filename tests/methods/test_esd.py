@@ -231,6 +231,21 @@ def test_only_the_scope_trains_and_the_text_encoder_and_vae_stay(pipes):
     assert all(torch.equal(a, b) for a, b in zip(vae, adapter.vae.parameters()))
 
 
+def test_text_encoder_scope_trains_the_encoder_alone(pipes):
+    """Scope ``text-encoder`` (AdvUnlearn's setting): ε_θ reads prompts through the trained encoder, so the encoder
+    moves and the UNet does not; the bank (built first) holds the frozen encoder's predictions."""
+    adapter, plain = fresh(pipes["epsilon"])
+    unet = [p.detach().clone() for p in adapter.parameters("all")]
+    te = [p.detach().clone() for p in adapter.text_encoder.parameters()]
+    method, _ = setup_esd(adapter, scope="text-encoder", lr=1e-2)
+    for i in range(2):
+        method.step(*batches(adapter, [CAT] * 2, [CAT] * 2, i))
+    assert all(torch.equal(a, b) for a, b in zip(unet, adapter.parameters("all")))
+    assert sum(not torch.equal(a, b) for a, b in zip(te, adapter.text_encoder.parameters())) > len(te) // 2
+    x, t, _, e_c = naive_trajectory(plain, initial_noise(TRAJ)[:1], CAT)[2]
+    torch.testing.assert_close(method.bank.eps_cond[2], e_c[0], atol=1e-5, rtol=1e-4)
+
+
 def test_rows_are_drawn_for_the_global_batch_and_computed_locally(pipes, monkeypatch):
     """A process computing rows 1–2 of a 4-row batch sees exactly rows 1–2 of the one-process draw."""
     seen = {}
