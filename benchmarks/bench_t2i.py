@@ -258,20 +258,17 @@ def bench_iterations(case: Case, cfg: UnlearnConfig, options: dict, iters: int, 
 
 
 def bench_components(case: Case, cfg: UnlearnConfig, options: dict, device, reps: int) -> list[dict]:
-    """The composed sd row (module docstring): every component timed ``reps`` times, medians composed."""
+    """The composed sd row (module docstring): every component timed once per round over ``reps`` interleaved
+    rounds, the medians composed."""
     S, J = int(options["ddim_steps"]), int(options["trajectories"])
     lib = Library(case, cfg, lib_names(device)["fastunlearn-fp32"], {**options, "trajectories": 1, "ddim_steps": 1},
                   cfg.batch_size)  # setup's bank: one 2-row call, not timed here
     ref = Reference(case, cfg, {**options, "ddim_steps": S}).ref
     a = lib.adapter
-    med = lambda fn: statistics.median(_timed(fn, device)[0] for _ in range(reps))  # noqa: E731
     x1 = torch.randn(ref.latent_shape, device=device)
     emb = ref.encode(case.prompt)
     t1 = torch.full((1,), 500, device=device, dtype=torch.long)
-    t_text = med(lambda: ref.encode(case.prompt))
-    with torch.no_grad():
-        t_cfg = med(lambda: ref.apply_model(ref.unet, torch.cat([x1, x1]), t1.repeat(2), torch.cat([emb, emb])))
-        t_frozen = med(lambda: ref.apply_model(ref.frozen, x1, t1, emb))
+    ids = lib.ids.repeat(J)
 
     def train_part():
         ref.optimizer.zero_grad()
@@ -280,17 +277,27 @@ def bench_components(case: Case, cfg: UnlearnConfig, options: dict, device, reps
         ref.optimizer.step()
         return loss.item()
 
-    t_train = med(train_part)
+    parts = {
+        "text": lambda: ref.encode(case.prompt),
+        "guided": lambda: ref.apply_model(ref.unet, torch.cat([x1, x1]), t1.repeat(2), torch.cat([emb, emb])),
+        "frozen": lambda: ref.apply_model(ref.frozen, x1, t1, emb),
+        "train": train_part,
+        "bank_call": lambda: a.ddim_trajectory(ids, steps=1, guidance_scale=3.0, generator=torch.Generator(),
+                                               batch_size=2 * J),
+    }
+    times: dict[str, list[float]] = {k: [] for k in [*parts, "step"]}
+    for r in range(reps):  # interleaved rounds: load from other processes hits every component alike
+        for name, fn in parts.items():
+            with torch.set_grad_enabled(name == "train"):
+                times[name].append(_timed(fn, device)[0])
+        times["step"].append(lib.step(r))
+        print(f"  sd components round {r + 1}/{reps} (ms): " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in times.items()),
+              flush=True)
+    t_text, t_cfg, t_frozen, t_train, t_bank_call, step = (statistics.median(times[k]) for k in
+                                                           ("text", "guided", "frozen", "train", "bank_call", "step"))
+    bank_ms = S * t_bank_call
     e_k = expected_prefix(S)
     ref_ms = 4 * t_text + e_k * t_cfg + 2 * t_frozen + t_train
-    step = statistics.median(lib.step(i) for i in range(reps))
-    ids = lib.ids.repeat(J)
-    t_bank_call = med(lambda: a.ddim_trajectory(ids, steps=1, guidance_scale=3.0, generator=torch.Generator(),
-                                                batch_size=2 * J))
-    bank_ms = S * t_bank_call
-    print(f"  sd components (ms): text {t_text:.0f}, guided 2-row call {t_cfg:.0f}, frozen 1-row {t_frozen:.0f}, "
-          f"1-row fwd+bwd+Adam {t_train:.0f}; library step {step:.0f}, bank call ({2 * J} rows) {t_bank_call:.0f}",
-          flush=True)
     return [
         {"impl": "reference", "precision": "fp32", "batch": 1, "timed_iters": reps, "per_iter_ms": ref_ms,
          "step_ms": "", "bank_s": "", "amortised_over": "",
@@ -337,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--models", default="digits,sd", help="comma-separated: digits, sd, tiny (default digits,sd)")
-    ap.add_argument("--iters", type=int, default=None, help="timed iterations per implementation (default 20; sd: 3)")
+    ap.add_argument("--iters", type=int, default=None,
+                    help="timed iterations per implementation (default 20; sd: 3, on CPU rounds of its components)")
     ap.add_argument("--warmup", type=int, default=2, help="discarded rounds")
     ap.add_argument("--erase-share", type=float, default=0.05, help="erased when the forget share is at most this")
     ap.add_argument("--erase-max-iters", type=int, default=1000, help="give up after this many iterations")
@@ -369,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         case = build(model.removesuffix("-composed"), device, smoke=args.smoke)
         params = round(sum(p.numel() for p in case.adapter.unet.parameters()) / 1e6, 2)
         if (model == "sd" and device.type == "cpu") or model.endswith("-composed"):
-            got = bench_components(case, cfg, options, device, reps=1 if args.smoke else (args.iters or 1))
+            got = bench_components(case, cfg, options, device, reps=1 if args.smoke else (args.iters or 3))
         else:
             iters = 2 if args.smoke else (args.iters or (3 if model == "sd" else 20))
             got = bench_iterations(case, cfg, options, iters, args.warmup, device)
