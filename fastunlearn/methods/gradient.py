@@ -58,7 +58,11 @@ class GradientMethod:
 
     def setup_params(self, adapter: Any, config: MethodConfig) -> None:
         self.adapter, self.opts, self.config = adapter, config.options, config
-        # Only the scope trains: frozen parameters must not accumulate gradients outside the flat buffer.
+        # Only the scope trains: frozen parameters must not accumulate gradients outside the flat buffer. An
+        # adapter whose scopes change how it computes (a text-to-image model encodes prompts with gradients
+        # while its text encoder trains) is told the scope first.
+        if hasattr(adapter, "set_scope"):
+            adapter.set_scope(config.scope)
         for p in adapter.parameters("all"):
             p.requires_grad_(False)
         self.params = adapter.parameters(config.scope)
