@@ -631,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None,
                         help="override the step/epoch count (smoke tests only; recorded)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--eval-per-prompt", type=int, default=None,
+                        help="digits-t2i --eval-only: generations per prompt (recorded in quality.per_prompt)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = CONFIGS[args.name]
@@ -643,9 +645,13 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     record_path = out_dir / "training.json"
     if args.eval_only:
-        if args.name != "digits-ddpm":
-            parser.error("--eval-only applies to digits-ddpm")
+        if args.name not in ("digits-ddpm", "digits-t2i"):
+            parser.error("--eval-only applies to digits-ddpm and digits-t2i")
         record = json.loads(record_path.read_text())
+        if args.name == "digits-t2i":
+            if args.eval_per_prompt is not None:
+                config = replace(config, eval_per_prompt=args.eval_per_prompt)
+            record["quality"] = evaluate_t2i(config, out_dir)
     elif args.name == "digits-classifier":
         record = train_classifier(config, out_dir)
     elif args.name == "digits-svm":
