@@ -274,13 +274,9 @@ def _prepare_t2i(cfg: UnlearnConfig, dist: Any, adapter: Any, device: torch.devi
         retain = SampleSet(torch.zeros(len(kept), 0), kept)
     method = _setup_method(cfg, dist, adapter, method_cls, options, fast,
                            tuple(forget_ids.tolist()), tuple(retain_ids.tolist()))
-    concepts = adapter.concepts or {}
-    paraphrases: list[str] = []
-    if sets.forget_classes and concepts.get("paraphrases"):
-        from fastunlearn.data.prompts import concept_prompts
+    from fastunlearn.data.prompts import reported_paraphrases
 
-        paraphrases = [p for p, c in concept_prompts(concepts).items()
-                       if c in sets.forget_classes and p not in sets.forget_prompts]
+    paraphrases = reported_paraphrases(adapter.concepts, sets.forget_classes, exclude=sets.forget_prompts)
     t2i_sets = T2ISets(prompts=sets, forget_ids=forget_ids, retain_ids=retain_ids, forget_images=forget.images,
                        forget_classes=list(sets.forget_classes), description=sets.description, paraphrases=paraphrases)
     from fastunlearn.eval.t2i import t2i_judges

@@ -139,11 +139,26 @@ def concept_prompts(concepts: dict[str, Any] | None) -> dict[str, int]:
     return out
 
 
-def class_prompt(concepts: dict[str, Any], c: int) -> str:
-    """The canonical prompt of class ``c`` (the concepts' template)."""
+def fill(template: str, concepts: dict[str, Any], c: int) -> str:
+    """``template`` (``{name}``, ``{numeral}`` or one positional ``{}``) filled with class ``c`` of ``concepts``."""
     numerals = concepts.get("numerals") or concepts["classes"]
     name = concepts["classes"][c]
-    return concepts.get("template", "{name}").format(name, name=name, numeral=numerals[c])
+    return template.format(name, name=name, numeral=numerals[c])
+
+
+def class_prompt(concepts: dict[str, Any], c: int) -> str:
+    """The canonical prompt of class ``c`` (the concepts' template)."""
+    return fill(concepts.get("template", "{name}"), concepts, c)
+
+
+def reported_paraphrases(concepts: dict[str, Any] | None, classes: Sequence[int], exclude: Sequence[str] = ()) -> list[str]:
+    """The paraphrases of ``classes`` a run evaluates: ``concepts["reported_paraphrases"]`` (a few trained
+    wordings and every held-out one) when the model records them, else all of its ``paraphrases``."""
+    if not concepts or not classes:
+        return []
+    templates = concepts.get("reported_paraphrases") or concepts.get("paraphrases") or []
+    out = [fill(t, concepts, c) for c in classes for t in templates]
+    return [p for p in dict.fromkeys(out) if p not in set(exclude)]
 
 
 def select_prompts(forget: Any, retain: Any, adapter: Any) -> PromptSets:
@@ -179,4 +194,4 @@ def prompt_list(prompts: Sequence[str]) -> str:
 
 
 __all__ = ["PromptSets", "PromptSide", "select_prompts", "parse_side", "is_prompt_selector", "concept_prompts",
-           "class_prompt", "PROMPT_FORMS"]
+           "class_prompt", "fill", "reported_paraphrases", "PROMPT_FORMS"]

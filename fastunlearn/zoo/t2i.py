@@ -41,6 +41,9 @@ TRAIN_TEMPLATES = (
 )
 #: Paraphrases never seen in training (the attack issue's starting point; reported with the trained ones).
 HELD_OUT_TEMPLATES = ("a scan of a handwritten {name}", "the figure {numeral}", "number {name} written by hand")
+#: The paraphrases a run on this model evaluates for the forgotten digit (the issue's three wordings and every
+#: held-out one): six rather than all twelve keeps the default job's evaluation within its time.
+REPORTED_TEMPLATES = ("the number {name}", "{numeral}", "{name}") + HELD_OUT_TEMPLATES
 MAX_TOKENS = 32
 
 
@@ -52,7 +55,7 @@ def concepts() -> dict[str, Any]:
     """What the model knows, as recorded in its ``training.json`` and read by the data and eval layers."""
     return {"classes": list(CLASS_NAMES), "numerals": list(NUMERALS), "template": TEMPLATE,
             "paraphrases": [t for t in TRAIN_TEMPLATES if t != TEMPLATE] + list(HELD_OUT_TEMPLATES),
-            "held_out": list(HELD_OUT_TEMPLATES)}
+            "held_out": list(HELD_OUT_TEMPLATES), "reported_paraphrases": list(REPORTED_TEMPLATES)}
 
 
 def encoder_dir() -> Path:

@@ -181,11 +181,13 @@ def _versions() -> dict[str, str]:
     import diffusers
     import numpy
     import sklearn
+    import transformers
 
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
         "numpy": numpy.__version__,
         "scikit-learn": sklearn.__version__,
         "platform": platform.platform(),
@@ -666,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.name == "digits-ddpm":
         record["quality"] = evaluate_ddpm(config, out_dir)
     record["versions"] = _versions()
-    record["command"] = "python -m fastunlearn.zoo.train " + " ".join(argv or sys.argv[1:])
+    command = "python -m fastunlearn.zoo.train " + " ".join(argv or sys.argv[1:])
+    record["eval_command" if args.eval_only else "command"] = command  # --eval-only keeps the training command
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k != "config"}, indent=2))
     return 0
