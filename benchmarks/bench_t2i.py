@@ -108,8 +108,9 @@ def build(model: str, device: torch.device, smoke: bool = False) -> Case:
         from fastunlearn.eval.evaluate import digits_judges
 
         adapter = load_model("zoo:digits-t2i").to(device)
-        concepts = adapter.concepts or {}
-        prompt = concepts.get("template", "a handwritten digit {}").format(concepts.get("classes", ["zero"])[0])
+        from fastunlearn.data.prompts import class_prompt
+
+        prompt = class_prompt(adapter.concepts, 0)  # "a handwritten digit zero"
         panel = digits_judges(adapter, second=False)
         return Case("digits", adapter, prompt, 0 if panel else None, panel[""] if panel else None, "trained")
     if model == "sd":

@@ -599,7 +599,13 @@ def load_t2i(ref: str | Path, trust_pickle: bool = False) -> T2IAdapter:
     local = path.is_dir()
     kwargs = {"safety_checker": None, "requires_safety_checker": False, "low_cpu_mem_usage": False,
               "use_safetensors": None if trust_pickle else True}
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
     try:
+        # diffusers logs "Expected types for text_encoder: CLIPTextModel" for any other encoder (digits-t2i's
+        # BERT) and the accelerate hint on every load: neither is the user's concern.
+        diffusers_logging.set_verbosity_error()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(safety.checker|local_dir_use_symlinks).*")
             pipe = StableDiffusionPipeline.from_pretrained(str(path) if local else str(ref), **kwargs)
@@ -609,6 +615,8 @@ def load_t2i(ref: str | Path, trust_pickle: bool = False) -> T2IAdapter:
         hint = "" if trust_pickle else (" fastunlearn loads only safetensors weights: pass --trust-pickle "
                                          "(trust_pickle=True) only for a model you trust.")
         raise UserInputError(f"cannot load the text-to-image {where}: {first}.{hint}") from None
+    finally:
+        diffusers_logging.set_verbosity(level)
     return from_pipeline(pipe, source=path.resolve() if local else None,
                          concepts=_read_concepts(path) if local else None)
 
