@@ -60,6 +60,13 @@ def evaluate_model(model: str, forget: str | None = None, eval_per_class: int = 
         raise UserInputError(f"--eval-per-class must be at least 2 (FID needs two samples), got {eval_per_class}")
     if inception_weights is not None and not Path(inception_weights).expanduser().is_file():
         raise UserInputError(f"--inception-weights {inception_weights}: no such file (nothing is downloaded)")
+    from fastunlearn.models import family_of_ref
+
+    if family_of_ref(model) == "t2i":
+        raise UserInputError(
+            f"{model} is a text-to-image model: `fastunlearn eval` measures class-conditional DDPMs. A text-to-image "
+            "run measures before and after itself (fastunlearn run --model ... --forget 'prompt:...'); look at any "
+            "model's outputs with `fastunlearn generate --model ... --prompt TEXT --num N --seed S --out grid.png`")
     dev = _device(device)
     adapter = load_adapter(model).to(dev)
     adapter.unet.eval()
