@@ -204,6 +204,13 @@ class ESD(GradientMethod):
         """The authors' Stable Diffusion defaults (their newest script, ``esd_sd.py``): ESD-x (scope ``xattn``), 200
         iterations of one row each (batch 1), Adam at lr 5e-5, η = 1 here (their ``negative_guidance`` 2, see the
         module docstring). Their CompVis code: lr 1e-5, 1,000 iterations; ``esd_diffusers.py``: lr 2e-5.
+
+        Measured on ``zoo:digits-t2i`` (``fastunlearn run --model zoo:digits-t2i --method esd --forget 'prompt:a
+        handwritten digit zero'``, 100 generations per prompt, both digits judges): these defaults take the prompt's
+        zeros from 100% to 1% / 1% with the nine retained prompts at 100%, in 6 s of training (3 min 10 s with the
+        evaluation), so the embedded default keeps the authors' values; what they leave is the paraphrases ("0"
+        66%, "the figure 0" 50%, "zero" 35% zeros after; six wordings pooled 28%) — ESD-x erases the words it was
+        shown (README, Text-to-image).
         """
         return {"steps": 200, "batch_size": 1, "lr": 5e-5, "scope": "xattn"}
 
