@@ -85,6 +85,9 @@ class EraseDiffOptions:
     inner_steps: int = 0  #: K scratch Adam steps on L_f to report q̂ (0: skip, the update is the same)
     retain_null_prob: float = 0.5  #: unconditional mode: share of retain rows relabelled null (keeps ∅ working)
     single_forward: bool = False  #: one forward of [forget; retain] + two backwards (slower on CPU; see above)
+    #: the model whose prediction under c′ is the pseudo-label target: ``live`` (θ, as the authors' code) or
+    #: ``frozen`` (θ₀, a copy taken at setup; one more model in memory)
+    pseudo_label_from: str = "live"
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
 
@@ -103,6 +106,8 @@ class EraseDiffOptions:
             raise UserInputError(f"erasediff ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.inner_steps < 0:
             raise UserInputError(f"erasediff inner_steps must be >= 0, got {self.inner_steps}")
+        if self.pseudo_label_from not in ("live", "frozen"):
+            raise UserInputError(f"erasediff pseudo_label_from must be live or frozen, got {self.pseudo_label_from!r}")
         if not 0.0 <= self.retain_null_prob <= 1.0:
             raise UserInputError(f"erasediff retain_null_prob must be in [0, 1], got {self.retain_null_prob}")
 
@@ -149,6 +154,8 @@ class EraseDiff(GradientMethod):
     def fsdp_unsupported(options: EraseDiffOptions) -> str | None:
         if options.inner_steps > 0:
             return "inner_steps > 0 copies the whole model for its scratch steps (use inner_steps=0)"
+        if options.pseudo_label_from == "frozen":
+            return "pseudo_label_from=frozen keeps a whole copy of the original model (use live)"
         return None
 
     def setup(self, adapter: Any, config: MethodConfig) -> None:
@@ -168,6 +175,13 @@ class EraseDiff(GradientMethod):
             if not retained:
                 raise UserInputError("target 'pseudo_label' needs at least one retained class to borrow a label from")
             self._pseudo_classes = torch.tensor(sorted(set(retained)), dtype=torch.long)
+        # θ₀ for a frozen pseudo-label target: copied before any step (a resumed run's setup still sees θ₀: the
+        # engine loads the checkpoint's weights after setup).
+        self._target_model = adapter.scratch_copy().eval() if (
+            opts.target == "pseudo_label" and opts.pseudo_label_from == "frozen") else None
+        if self._target_model is not None:
+            for p in self._target_model.parameters("all"):
+                p.requires_grad_(False)
         if self.unconditional and adapter.conditional and adapter.null_label is None:
             raise UserInputError("--unconditional on a class-conditional model needs a null class; this model has none")
         self.setup_params(adapter, config)
@@ -188,7 +202,7 @@ class EraseDiff(GradientMethod):
         pick = torch.randint(0, len(self._pseudo_classes), (batch.images.shape[0],), generator=batch.generator)
         c_prime = self._pseudo_classes[batch.local(pick)].to(a.device)
         with torch.no_grad():
-            target = a.predict(nb.x_t, nb.t, c_prime)
+            target = (self._target_model or a).predict(nb.x_t, nb.t, c_prime)
         return nb, target
 
     def _retain_inputs(self, batch: Batch):

@@ -132,6 +132,47 @@ def test_ema_is_what_finalize_leaves(make_tiny_unet):
 
 def test_registry_errors():
     with pytest.raises(UserInputError, match="known methods: erasediff"):
-        get("esd")
+        get("no-such-method")
     with pytest.raises(UserInputError, match="its options: target, lambda_rule"):
         parse_options("erasediff", {"lamda_rule": "bome"})
+
+
+@pytest.mark.parametrize("source", ["live", "frozen"])
+def test_pseudo_label_target_comes_from_the_chosen_model(make_tiny_unet, source):
+    """After a step has moved θ, the pseudo-label target is ε under c′ of θ (live) or of θ₀ (frozen), computed here
+    by plain UNet calls on copies taken before and after the step."""
+    import copy
+
+    unet = make_tiny_unet()
+    original = copy.deepcopy(unet).eval()
+    adapter, _ = _run(unet, steps=2, ema_decay=0.0, pseudo_label_from=source)  # θ has moved from θ₀
+    m = get("erasediff")()  # a method over the moved model, to read the target its next step would use
+    m.setup(adapter, MethodConfig(lr=1e-3, options=parse_options("erasediff", {"pseudo_label_from": source}),
+                                  forget_classes=(0,)))
+    if source == "frozen":  # setup copies the model it is given: θ₀ of this method is the trained θ
+        m._target_model = DDPMAdapter(original, null_label=10)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand(4, 1, 16, 16, generator=gen) * 2 - 1
+    batch = Batch(x, torch.zeros(4, dtype=torch.long), torch.Generator().manual_seed(9))
+    nb, target = m._forget_inputs(batch)
+    replay = torch.Generator().manual_seed(9)
+    torch.randint(0, 1000, (4,), generator=replay)
+    torch.randn(x.shape, generator=replay)
+    c_prime = m._pseudo_classes[torch.randint(0, len(m._pseudo_classes), (4,), generator=replay)]
+    live = copy.deepcopy(adapter.unet).eval()
+    with torch.no_grad():
+        want = (original if source == "frozen" else live)(nb.x_t, nb.t, class_labels=c_prime).sample
+        other = (live if source == "frozen" else original)(nb.x_t, nb.t, class_labels=c_prime).sample
+    torch.testing.assert_close(target, want)
+    assert not torch.allclose(target, other)  # θ moved: the two sources differ
+
+
+def test_frozen_source_is_copied_at_setup(make_tiny_unet):
+    adapter = DDPMAdapter(make_tiny_unet(), null_label=10)
+    m = get("erasediff")()
+    m.setup(adapter, MethodConfig(lr=1e-3, options=parse_options("erasediff", {"pseudo_label_from": "frozen"}),
+                                  forget_classes=(0,)))
+    assert m._target_model is not adapter and m._target_model.unet is not adapter.unet
+    assert all(not p.requires_grad for p in m._target_model.parameters("all"))
+    with pytest.raises(UserInputError, match="live or frozen"):
+        parse_options("erasediff", {"pseudo_label_from": "both"})
