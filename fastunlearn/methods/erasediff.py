@@ -86,7 +86,10 @@ class EraseDiffOptions:
     retain_null_prob: float = 0.5  #: unconditional mode: share of retain rows relabelled null (keeps ∅ working)
     single_forward: bool = False  #: one forward of [forget; retain] + two backwards (slower on CPU; see above)
     #: the model whose prediction under c′ is the pseudo-label target: ``live`` (θ, as the authors' code) or
-    #: ``frozen`` (θ₀, a copy taken at setup; one more model in memory)
+    #: ``frozen`` (θ₀, a copy taken at setup; one more model in memory). Measured on zoo:digits-t2i (forget "a
+    #: handwritten digit zero", the text-to-image defaults): live takes its zeros 100% → 2% in 100 steps; frozen
+    #: leaves them at 100% — its ∇L_f stays aligned with ∇L_r (BOME λ 0.03–0.08 against live's 0.5–1.1), so the
+    #: update barely pushes the forget prompt. Hence live.
     pseudo_label_from: str = "live"
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
