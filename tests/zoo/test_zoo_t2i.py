@@ -83,3 +83,14 @@ def test_stock_pipeline_loads_it_without_fastunlearn(cache: Path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+def test_zoo_command(cache: Path, capsys):
+    from fastunlearn.cli import main
+
+    assert main(["zoo", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "zoo:digits-t2i" in listing and "zoo:digits-ddpm" in listing
+    assert main(["zoo", "path", "digits-t2i"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path == zoo.resolve("digits-t2i") and (path / "text_encoder" / "model.safetensors").is_file()
