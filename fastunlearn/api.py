@@ -278,7 +278,7 @@ def _prepare_t2i(cfg: UnlearnConfig, dist: Any, adapter: Any, device: torch.devi
 
     paraphrases = reported_paraphrases(adapter.concepts, sets.forget_classes, exclude=sets.forget_prompts)
     t2i_sets = T2ISets(prompts=sets, forget_ids=forget_ids, retain_ids=retain_ids, forget_images=forget.images,
-                       forget_classes=list(sets.forget_classes), description=sets.description, paraphrases=paraphrases)
+                       forget_classes=list(sets.forget_classes) or list((after or {}).get("detail", {}).get("forget_classes", [])), description=sets.description, paraphrases=paraphrases)
     from fastunlearn.eval.t2i import t2i_judges
 
     judge = t2i_judges(adapter) if cfg.evaluate else None
@@ -455,6 +455,25 @@ def _run_other_process(cfg: UnlearnConfig, out_dir: Path, on_step, dist: Any, ad
                          metrics_after=after, train=train_info, paths=paths)
 
 
+def _eval_protocol(cfg: UnlearnConfig, adapter: Any, sets: Any, after: dict | None) -> dict | None:
+    """How the forget metric was measured, for ``fastunlearn verify`` to re-measure it: the DDPM protocol, or (a
+    text-to-image model judged by the digits CNN) the forget prompts, their classes and the sampler; None when
+    nothing was measured or no shipped judge can re-measure it."""
+    from fastunlearn.eval.manifest import eval_protocol
+
+    if after is None:
+        return None
+    if getattr(adapter, "family", "ddpm") == "ddpm":
+        return eval_protocol(cfg, list(range(adapter.num_classes or 0)))
+    detail = after.get("detail", {})
+    if after.get("judges", {}).get("") != "zoo:digits-classifier" or "forget_accuracy" not in after:
+        return None
+    return {"kind": "t2i", "forget_prompts": list(sets.forget_prompts),
+            "concept_classes": {p: int(detail["concept_classes"][p]) for p in sets.forget_prompts},
+            "n_per_prompt": int(cfg.eval_per_class), "steps": int(cfg.eval_steps), "guidance": float(detail["guidance"]),
+            "seed": int(cfg.eval_seed), "threads": cfg.threads, "judge": "zoo:digits-classifier"}
+
+
 def _write_report_and_manifest(work: Path, out_dir: Path, cfg: UnlearnConfig, adapter: Any, sets: Any,
                                before: dict | None, after: dict | None, train_info: dict,
                                weights_before: Path | bytes, started_at: float) -> dict[str, Path]:
@@ -480,10 +499,8 @@ def _write_report_and_manifest(work: Path, out_dir: Path, cfg: UnlearnConfig, ad
         retain_description=sets.description, method=cfg.method, hyperparameters=hyperparameters,
         weights_before=weights_before, weights_after=work, metrics_before=_jsonable(before),
         metrics_after=_jsonable(after), started_at=started_at, ended_at=time.time(), device=str(adapter.device),
-        forget_classes=list(sets.forget_classes),
-        # verify re-measures the DDPM protocol; a text-to-image run records its prompts in the selector instead
-        eval_protocol=(eval_protocol(cfg, list(range(adapter.num_classes or 0)))
-                       if before is not None and getattr(adapter, "family", "ddpm") == "ddpm" else None),
+        forget_classes=list(sets.forget_classes) or list((after or {}).get("detail", {}).get("forget_classes", [])),
+        eval_protocol=_eval_protocol(cfg, adapter, sets, after),
         model=str(cfg.model),
     )
     write_manifest(work, manifest)

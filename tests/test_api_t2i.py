@@ -71,3 +71,25 @@ def test_bad_input_writes_nothing(sd_dir: Path, tmp_path: Path, kwargs, match):
     with pytest.raises(UserInputError, match=match):
         fastunlearn.run(model=str(sd_dir), out_dir=str(out), **{**SMALL, **kwargs})
     assert not out.exists()
+
+
+def test_digits_t2i_run_is_verifiable(tmp_path: Path, monkeypatch):
+    """A judged text-to-image run records its forget-metric protocol; `verify` re-measures it from the saved
+    pipeline and catches a manifest whose figure was edited."""
+    import json
+
+    from fastunlearn.eval.manifest import verify
+
+    monkeypatch.setenv("FASTUNLEARN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    result = fastunlearn.run(model="zoo:digits-t2i", forget="prompt:a handwritten digit zero", method="esd", steps=5,
+                             out_dir=str(out), eval_per_class=4, progress=False)
+    v = json.loads((out / "manifest.json").read_text())["verification"]
+    assert v["kind"] == "t2i" and v["forget_prompts"] == ["a handwritten digit zero"]
+    assert v["value"] == result.metrics_after["forget_accuracy"]
+    assert verify(out).ok
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["verification"]["value"] = 1.0 - v["value"] if v["value"] <= 0.5 else 0.0
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    res = verify(out)
+    assert not res.ok and res.mismatches == ["forget_metric.forget_accuracy"]

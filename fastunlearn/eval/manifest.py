@@ -228,6 +228,8 @@ def _rerun_metric(out_dir: Path, v: dict[str, Any]) -> float:
     judge_ref = v.get("judge", "zoo:digits-classifier")
     if judge_ref != "zoo:digits-classifier":
         raise ValueError(f"cannot re-create the judge {judge_ref!r}")
+    if v["kind"] == "t2i":
+        return _rerun_t2i_metric(out_dir, v)
     adapter = load_adapter(out_dir)
     adapter.unet.eval()
     judge = load_classifier()
@@ -253,6 +255,31 @@ def _rerun_metric(out_dir: Path, v: dict[str, Any]) -> float:
         torch.set_num_threads(before)
     acc = res["accuracy_by_class"]
     return sum(acc[int(c)] for c in v["forget_classes"]) / len(v["forget_classes"])
+
+
+def _rerun_t2i_metric(out_dir: Path, v: dict[str, Any]) -> float:
+    """A text-to-image run's forget accuracy, re-measured: the forget prompts generated from the recorded seeds
+    and sampler (:func:`fastunlearn.eval.t2i.evaluate_t2i`) and judged by the shipped digits classifier."""
+    from types import SimpleNamespace
+
+    from fastunlearn.engine import cpu_threads
+    from fastunlearn.eval.t2i import evaluate_t2i
+    from fastunlearn.models import load_model
+    from fastunlearn.zoo import load_classifier
+
+    adapter = load_model(out_dir).eval()
+    cfg = SimpleNamespace(eval_per_class=int(v["n_per_prompt"]), eval_steps=int(v["steps"]),
+                          eval_seed=int(v["seed"]), guidance=float(v["guidance"]))
+    threads = cpu_threads(adapter, adapter.device, v.get("threads"))
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        res = evaluate_t2i(adapter, cfg, v["forget_prompts"], [], load_classifier(),
+                           concept_classes={p: int(c) for p, c in v["concept_classes"].items()})
+    finally:
+        torch.set_num_threads(before)
+    return float(res["forget_accuracy"])
 
 
 def verify(out_dir: str | Path, rerun_metric: bool = True) -> VerifyResult:
@@ -281,7 +308,10 @@ def verify(out_dir: str | Path, rerun_metric: bool = True) -> VerifyResult:
     elif v is None:
         checks["forget_metric"] = {"ok": True, "skipped": True, "note": "the manifest records no forget metric"}
     else:
-        n = len(v["forget_classes"]) * int(v.get("n_per_class", 0)) if v["kind"] != "unconditional" else int(v["n"])
+        if v["kind"] == "t2i":
+            n = len(v["forget_prompts"]) * int(v["n_per_prompt"])
+        else:
+            n = len(v["forget_classes"]) * int(v.get("n_per_class", 0)) if v["kind"] != "unconditional" else int(v["n"])
         tol = max(float(v.get("tolerance", METRIC_TOLERANCE)), 1.0 / max(n, 1))
         name = f"forget_metric.{v['metric']}"
         try:
