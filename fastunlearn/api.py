@@ -278,7 +278,7 @@ def _prepare_t2i(cfg: UnlearnConfig, dist: Any, adapter: Any, device: torch.devi
 
     paraphrases = reported_paraphrases(adapter.concepts, sets.forget_classes, exclude=sets.forget_prompts)
     t2i_sets = T2ISets(prompts=sets, forget_ids=forget_ids, retain_ids=retain_ids, forget_images=forget.images,
-                       forget_classes=list(sets.forget_classes) or list((after or {}).get("detail", {}).get("forget_classes", [])), description=sets.description, paraphrases=paraphrases)
+                       forget_classes=list(sets.forget_classes), description=sets.description, paraphrases=paraphrases)
     from fastunlearn.eval.t2i import t2i_judges
 
     judge = t2i_judges(adapter) if cfg.evaluate else None
