@@ -189,9 +189,5 @@ def select_prompts(forget: Any, retain: Any, adapter: Any) -> PromptSets:
                       forget_classes=forget_classes)
 
 
-def prompt_list(prompts: Sequence[str]) -> str:
-    return "; ".join(prompts)
-
-
 __all__ = ["PromptSets", "PromptSide", "select_prompts", "parse_side", "is_prompt_selector", "concept_prompts",
            "class_prompt", "fill", "reported_paraphrases", "PROMPT_FORMS"]

@@ -29,7 +29,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def _write_char_tokenizer(directory: Path, max_length: int = 32) -> Path:
+def _write_char_tokenizer(directory: Path) -> Path:
     """A CLIP tokenizer whose vocabulary is the byte-level characters (each alone and word-final) + specials."""
     directory.mkdir(parents=True, exist_ok=True)
     chars = list(_bytes_to_unicode().values())
@@ -56,7 +56,7 @@ def build_tiny_sd(prediction_type: str = "epsilon", seed: int = 0, max_length: i
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        tok_dir = _write_char_tokenizer(Path(tmp) / "tokenizer", max_length)
+        tok_dir = _write_char_tokenizer(Path(tmp) / "tokenizer")
         tokenizer = CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"),
                                   model_max_length=max_length)
     text_encoder = CLIPTextModel(CLIPTextConfig(

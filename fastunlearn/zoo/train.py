@@ -463,39 +463,19 @@ def _t2i_components(config: T2ITrainConfig):
 
 
 @torch.no_grad()
-def _t2i_progress(unet: Any, vae: Any, scheduler: Any, states: torch.Tensor, n_templates: int,
-                  config: T2ITrainConfig, per_digit: int = 20) -> None:
-    """Print the judge's accuracy per digit on the canonical prompt's generations (a progress reading)."""
-    from fastunlearn.zoo import load_classifier
+def _t2i_progress(adapter: Any, config: T2ITrainConfig, per_digit: int = 20) -> None:
+    """Print the judge's accuracy per digit on the canonical prompt's generations (a progress reading), sampled by
+    the adapter's own sampler (what the run's evaluation uses)."""
+    from fastunlearn.zoo import load_classifier, t2i as zt
 
     judge = load_classifier()
-    was = unet.training
-    unet.eval()
     accs = []
     for d in range(10):
-        cond = states[d * n_templates: d * n_templates + 1].expand(per_digit, -1, -1)
-        x = _cfg_ddim(unet, scheduler, cond, states[-1:].expand(per_digit, -1, -1), config.eval_steps,
-                      config.eval_guidance, torch.Generator().manual_seed(d))
-        images = vae.decode(x / vae.config.scaling_factor).sample.clamp(-1, 1)
+        images = adapter.generate(per_digit, zt.caption(zt.TEMPLATE, d), steps=config.eval_steps,
+                                  generator=torch.Generator().manual_seed(d), guidance_scale=config.eval_guidance)
         accs.append(float((judge(images).argmax(1) == d).float().mean()))
-    unet.train(was)
     print("  progress: accuracy on 'a handwritten digit {name}': mean "
           f"{sum(accs) / 10:.3f} by digit {[round(a, 2) for a in accs]}", flush=True)
-
-
-def _cfg_ddim(unet: Any, scheduler: Any, cond: torch.Tensor, uncond: torch.Tensor, steps: int, guidance: float,
-              gen: torch.Generator) -> torch.Tensor:
-    from diffusers import DDIMScheduler
-
-    ddim = DDIMScheduler.from_config(scheduler.config)
-    ddim.set_timesteps(steps)
-    n = cond.shape[0]
-    x = torch.randn((n, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size), generator=gen)
-    both = torch.cat([uncond, cond])
-    for t in ddim.timesteps:
-        e_u, e_c = unet(torch.cat([x, x]), t, encoder_hidden_states=both).sample.chunk(2)
-        x = ddim.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
-    return x
 
 
 def train_t2i(config: T2ITrainConfig, out_dir: Path) -> dict[str, Any]:
@@ -505,6 +485,7 @@ def train_t2i(config: T2ITrainConfig, out_dir: Path) -> dict[str, Any]:
 
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
+    from fastunlearn.models.t2i import T2IAdapter
     from fastunlearn.zoo import t2i as zt
 
     torch.manual_seed(config.seed)
@@ -544,6 +525,8 @@ def train_t2i(config: T2ITrainConfig, out_dir: Path) -> dict[str, Any]:
                               set_alpha_to_one=False, steps_offset=1)
     unet = UNet2DConditionModel(**config.unet_architecture)
     ema = copy.deepcopy(unet).requires_grad_(False)
+    # the EMA model behind the adapter contract, for the progress readings (the adapter samples; nothing trains it)
+    progress = T2IAdapter(ema, encoder, tokenizer, scheduler, vae=vae) if config.progress_eval_every else None
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: _cosine_with_warmup(s, config.warmup_steps, config.steps))
@@ -574,7 +557,7 @@ def train_t2i(config: T2ITrainConfig, out_dir: Path) -> dict[str, Any]:
                   f"lr {lr_sched.get_last_lr()[0]:.2e} {time.perf_counter() - start:.0f}s", flush=True)
             running = 0.0
         if config.progress_eval_every and (step + 1) % config.progress_eval_every == 0:
-            _t2i_progress(ema, vae, scheduler, states, n_templates, config)
+            _t2i_progress(progress, config)
     wall = time.perf_counter() - start
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=ema, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
