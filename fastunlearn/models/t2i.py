@@ -28,7 +28,9 @@ Parameter scopes (:data:`SCOPES`): ``all`` (the UNet), ``xattn`` (ESD-x: every l
 the cross-attention blocks ``attn2``, plus ``encoder_hid_proj`` and a text-time ``add_embedding`` where the
 UNet has them), ``xattn-kv`` (ESD-x-strict: the key and value projections of ``attn2`` and those text inputs),
 ``noxattn`` (ESD-u: the UNet except the text-reading layers, the time embedding and the output layers, as the
-authors' code selects), ``attention`` (every attention block), ``text-encoder`` (the text encoder only).
+authors' code selects), ``attention`` (every attention block), ``text-encoder`` (the text encoder's transformer
+layers and its final layer norm where it has one — token and position embeddings frozen, AdvUnlearn's
+``text_encoder_full``), ``text-encoder:K`` (its first K layers, AdvUnlearn's ``text_encoder_layer0…K-1``).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ from fastunlearn.models.ddpm import NoisedBatch
 from fastunlearn.models.safe_loading import refuse_non_finite
 
 SIDECAR = "fastunlearn.json"
-SCOPES = ("all", "xattn", "xattn-kv", "noxattn", "attention", "text-encoder")
+SCOPES = ("all", "xattn", "xattn-kv", "noxattn", "attention", "text-encoder", "text-encoder:K")
 #: Default classifier-free guidance of :meth:`T2IAdapter.generate` (and of evaluation).
 DEFAULT_GUIDANCE = 3.0
 _TEXT_INPUTS = ("encoder_hid_proj.", "add_embedding.")
@@ -260,6 +262,96 @@ class T2IAdapter:
             table = self._table = table.to(labels.device)
         return table[labels]
 
+    # ------------------------------------------------------------------ token-level prompts (attacks, AdvUnlearn)
+    @property
+    def token_embedding(self) -> torch.Tensor:
+        """The text encoder's input token-embedding matrix ``[V, D]`` (detached): what a prefix token's
+        embedding is, and what a relaxed one-hot over the vocabulary is multiplied by."""
+        return self.text_encoder.get_input_embeddings().weight.detach()
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.token_embedding.shape[0])
+
+    @property
+    def special_token_ids(self) -> list[int]:
+        """Ids an attack must not place in a prompt (BOS/EOS/CLS/SEP/PAD/UNK/MASK...)."""
+        return sorted({int(i) for i in self.tokenizer.all_special_ids if i is not None and 0 <= int(i) < self.vocab_size})
+
+    def prefixed_tokens(self, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask ``[N, L]`` (int64, on the encoder's device) of prompt ids ``labels`` with
+        ``k`` prefix slots right after the first token (BOS / CLS): ``[first, slot × k, the prompt's other tokens,
+        padding]``, still ``L = model_max_length`` long. The slots hold the first token's id as a placeholder
+        (their embeddings or ids are set by :meth:`encode_prefixed`). A prompt with fewer than ``k`` padding
+        positions left raises: the prefix never pushes a prompt's own tokens out."""
+        k = int(k)
+        if k < 0:
+            raise UserInputError(f"the number of prefix tokens must be >= 0, got {k}")
+        labels = labels.reshape(-1).cpu().long()
+        self.check_labels(labels, "prompt ids")
+        texts = [self._prompts[int(i)] for i in labels.tolist()]
+        tok = self.tokenizer(texts, padding="max_length", max_length=self.max_prompt_tokens, truncation=True,
+                             return_tensors="pt")
+        ids, mask = tok.input_ids.long(), tok.attention_mask.long()
+        L = ids.shape[1]
+        used = int(mask.sum(1).max()) if ids.numel() else 0
+        if used + k > L:
+            longest = texts[int(mask.sum(1).argmax())]
+            raise UserInputError(f"prompt {longest!r} takes {used} of the tokenizer's {L} tokens: no room for {k} "
+                                 "prefix tokens (shorten the prompt or use fewer prefix tokens)")
+        slots = ids[:, :1].expand(-1, k)
+        ids = torch.cat([ids[:, :1], slots, ids[:, 1:L - k]], 1)
+        mask = torch.cat([mask[:, :1], torch.ones_like(slots), mask[:, 1:L - k]], 1)
+        device = next(self.text_encoder.parameters()).device
+        return ids.to(device), mask.to(device)
+
+    def encode_prefixed(self, labels: torch.Tensor, prefix: torch.Tensor, grad: bool | None = None) -> torch.Tensor:
+        """Token states ``[N, L, D]`` of prompt ids ``labels`` with a prefix of ``k`` tokens after the first
+        token (see :meth:`prefixed_tokens`), through the text encoder as it is now (trained or not).
+
+        ``prefix``: token ids (int64 ``[k]`` or ``[N, k]``: a discrete prompt, encoded like any prompt) or
+        embeddings (float ``[k, D]`` or ``[N, k, D]``: a continuous prompt, in the space of the encoder's input
+        token embeddings). Embeddings replace the token-embedding layer's output at the slots — the model's own
+        forward runs around them (position embeddings, the causal mask of CLIP, BERT's attention mask and
+        LayerNorm, CLIP's final layer norm), which is what feeding ``inputs_embeds`` to the encoder computes.
+        ``grad`` (default: when the encoder trains or the prefix requires grad) keeps the graph.
+        """
+        n = labels.numel()
+        k = prefix.shape[-1] if not prefix.is_floating_point() else prefix.shape[-2]
+        ids, mask = self.prefixed_tokens(labels, k)
+        if grad is None:
+            grad = self.train_text_encoder or prefix.requires_grad
+        use_mask = mask if getattr(self.text_encoder.config, "use_attention_mask", False) else None
+        handle = None
+        if not prefix.is_floating_point() and k:
+            ids = ids.clone()
+            ids[:, 1:1 + k] = prefix.to(ids.device).reshape(-1, k).expand(n, k)
+        elif k:
+            rows = prefix.reshape(-1, k, prefix.shape[-1])
+
+            def insert(module: Any, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+                pre = rows.to(device=output.device, dtype=output.dtype).expand(output.shape[0], -1, -1)
+                return torch.cat([output[:, :1], pre, output[:, 1 + k:]], 1)
+
+            handle = self.text_encoder.get_input_embeddings().register_forward_hook(insert)
+        try:
+            with torch.set_grad_enabled(grad):
+                states = self.text_encoder(ids, attention_mask=use_mask)[0]
+        finally:
+            if handle is not None:
+                handle.remove()
+        return states if grad else states.detach()
+
+    def decode_prefixed(self, labels: torch.Tensor, prefix_ids: torch.Tensor) -> list[str]:
+        """The text of prompts ``labels`` with discrete prefix tokens ``prefix_ids`` (``[k]`` or ``[N, k]``), as
+        the tokenizer decodes it (for reports: re-tokenizing the text need not give the same ids)."""
+        k = prefix_ids.shape[-1]
+        ids, mask = self.prefixed_tokens(labels, k)
+        ids = ids.clone()
+        ids[:, 1:1 + k] = prefix_ids.to(ids.device).reshape(-1, k).expand(ids.shape[0], k)
+        return [self.tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip()
+                for row, m in zip(ids.cpu(), mask.cpu())]
+
     # ------------------------------------------------------------------ latents
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -300,8 +392,8 @@ class T2IAdapter:
 
     def named_parameters(self, scope: str = "all") -> list[tuple[str, torch.nn.Parameter]]:
         """``(name, parameter)`` of ``scope`` (see the module docstring); names as :meth:`functional_predict` takes."""
-        if scope == "text-encoder":
-            return list(self.text_encoder.named_parameters())
+        if scope == "text-encoder" or scope.startswith("text-encoder:"):
+            return text_encoder_scope(self.text_encoder, scope)
         named = list(self._module.named_parameters())
         reads_text = lambda n: ".attn2." in n or n.startswith(_TEXT_INPUTS)  # noqa: E731
         if scope == "all":
@@ -323,9 +415,10 @@ class T2IAdapter:
         return picked
 
     def set_scope(self, scope: str) -> None:
-        """Called by the methods' setup: ``text-encoder`` makes predictions encode prompts with gradients."""
-        self.train_text_encoder = scope == "text-encoder"
-        self.text_encoder.requires_grad_(self.train_text_encoder)
+        """Called by the methods' setup: a ``text-encoder`` scope makes predictions encode prompts with gradients
+        (the method then marks the scope's parameters trainable; the rest of the encoder stays frozen)."""
+        self.train_text_encoder = scope == "text-encoder" or scope.startswith("text-encoder:")
+        self.text_encoder.requires_grad_(False)
 
     def scratch_copy(self) -> "T2IAdapter":
         """An adapter over independent copies of the UNet and text encoder (VAE, tokenizer, scheduler and the
@@ -506,8 +599,9 @@ class T2IAdapter:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*safety.checker.*")
             pipe.save_pretrained(directory, safe_serialization=True)
-        if self.source is not None and not self.train_text_encoder:
-            _link_unchanged(self.source, directory, ("text_encoder", "vae", "tokenizer"))
+        if self.source is not None:
+            _link_unchanged(self.source, directory,
+                            ("vae", "tokenizer") + (() if self.train_text_encoder else ("text_encoder",)))
         sidecar = {"adapter": "t2i", "concepts": self.concepts}
         (directory / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
         return directory
@@ -522,6 +616,26 @@ class T2IAdapter:
             self.text_encoder.load_state_dict({k[len("text_encoder."):]: v for k, v in state.items()})
         else:
             self._module.load_state_dict(state)
+
+
+def text_encoder_scope(encoder: torch.nn.Module, scope: str) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters of a text-encoder scope: ``text-encoder`` = every transformer layer plus the final layer
+    norm (CLIP's ``final_layer_norm``) — not the token/position embeddings (nor BERT's embedding LayerNorm and
+    pooler, which the token states do not pass through); ``text-encoder:K`` = layers 0..K−1."""
+    import re
+
+    layer_of = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+    named = list(encoder.named_parameters())
+    depth = 1 + max((int(m.group(1)) for n, _ in named if (m := layer_of.search(n))), default=-1)
+    if depth == 0:
+        raise UserInputError(f"scope {scope!r}: cannot find the transformer layers of this {type(encoder).__name__}")
+    if scope == "text-encoder":
+        return [(n, p) for n, p in named if layer_of.search(n) or "final_layer_norm." in n]
+    _, _, k = scope.partition(":")
+    if not k.isdigit() or not 1 <= int(k) <= depth:
+        raise UserInputError(f"scope {scope!r}: K must be a number of layers from 1 to {depth} (this text encoder's "
+                             f"depth), e.g. text-encoder:1")
+    return [(n, p) for n, p in named if (m := layer_of.search(n)) and int(m.group(1)) < int(k)]
 
 
 class _quiet_transformers:
@@ -621,4 +735,4 @@ def load_t2i(ref: str | Path, trust_pickle: bool = False) -> T2IAdapter:
                          concepts=_read_concepts(path) if local else None)
 
 
-__all__ = ["T2IAdapter", "Trajectory", "SCOPES", "DEFAULT_GUIDANCE", "load_t2i", "from_pipeline", "is_t2i_dir"]
+__all__ = ["T2IAdapter", "Trajectory", "SCOPES", "text_encoder_scope", "DEFAULT_GUIDANCE", "load_t2i", "from_pipeline", "is_t2i_dir"]
