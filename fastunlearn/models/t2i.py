@@ -503,16 +503,20 @@ class T2IAdapter:
     @torch.no_grad()
     def ddim_trajectory(self, labels: torch.Tensor, steps: int = 50, guidance_scale: float = DEFAULT_GUIDANCE,
                         noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                        batch_size: int = 256, record: bool = True) -> Trajectory:
+                        batch_size: int = 256, record: bool = True, states: torch.Tensor | None = None) -> Trajectory:
         """Deterministic DDIM (eta 0) with classifier-free guidance, one batched UNet call per step (the
         conditional and unconditional rows together), recording every step's input x_t and both ε predictions.
 
         ``noise``: the initial latents ``[N, C, h, w]``; default: drawn on the CPU from ``generator``.
+        ``states``: encoder states ``[N, L, D]`` for the conditional branch instead of the prompt ids' (an
+        attack's prompt, see :meth:`generate_embedded`); ``labels`` then only count the rows.
         """
         from fastunlearn.models.sampling import make_ddim_scheduler
 
         labels = labels.reshape(-1).cpu().long()
         n = labels.numel()
+        if states is not None and states.shape[0] != n:
+            raise UserInputError(f"{states.shape[0]} rows of encoder states were given for {n} samples")
         if noise is None:
             noise = torch.randn((n, *self.latent_shape), generator=generator, dtype=torch.float32)
         scheduler = make_ddim_scheduler(self.scheduler)
@@ -527,12 +531,13 @@ class T2IAdapter:
                 stop = min(n, start + max(1, batch_size // 2))
                 x = noise[start:stop].to(device=device, dtype=dtype)
                 y = labels[start:stop].to(device)
-                states = torch.cat([self.embeddings(torch.zeros_like(y)), self.embeddings(y)])
+                cond = self.embeddings(y) if states is None else states[start:stop].to(device)
+                both = torch.cat([self.embeddings(torch.zeros_like(y)), cond.to(dtype)])
                 bx, bu, bc = [], [], []
                 for t in scheduler.timesteps:
                     tt = torch.full((2 * x.shape[0],), int(t), device=device, dtype=torch.long)
                     x_in = torch.cat([x, x])
-                    eps = self._eps(self.unet(x_in, tt, encoder_hidden_states=states.to(dtype)).sample, x_in, tt)
+                    eps = self._eps(self.unet(x_in, tt, encoder_hidden_states=both.to(dtype)).sample, x_in, tt)
                     e_u, e_c = eps.chunk(2)
                     if record:
                         bx.append(x.float().cpu())
@@ -580,6 +585,18 @@ class T2IAdapter:
         labels = self._labels(n, class_labels)
         traj = self.ddim_trajectory(labels, steps=steps, guidance_scale=guidance_scale, noise=noise,
                                     generator=generator, batch_size=batch_size, record=False)
+        return self.decode_latents(traj.final)
+
+    @torch.no_grad()
+    def generate_embedded(self, states: torch.Tensor, steps: int = 50, guidance_scale: float = DEFAULT_GUIDANCE,
+                          noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                          batch_size: int = 256) -> torch.Tensor:
+        """:meth:`generate` conditioned on given encoder states ``[N, L, D]`` (an attack's prompt, from
+        :meth:`encode_prefixed`) instead of prompt ids: the same sampler, the empty prompt's states on the
+        unconditional branch; float32 ``[N, C, H, W]`` on the CPU in [-1, 1]."""
+        labels = torch.zeros(states.shape[0], dtype=torch.long)
+        traj = self.ddim_trajectory(labels, steps=steps, guidance_scale=guidance_scale, noise=noise,
+                                    generator=generator, batch_size=batch_size, record=False, states=states)
         return self.decode_latents(traj.final)
 
     # ------------------------------------------------------------------ saving
