@@ -253,8 +253,9 @@ def _prepare_t2i(cfg: UnlearnConfig, dist: Any, adapter: Any, device: torch.devi
 
     if cfg.unconditional:
         raise UserInputError("--unconditional is for class-conditional DDPMs; a text-to-image model forgets a prompt")
-    sets = select_prompts(cfg.forget, cfg.retain, adapter)
     method_cls, options = _method(cfg, dist)
+    default_retain = getattr(method_cls, "default_retain_prompts", None)
+    sets = select_prompts(cfg.forget, cfg.retain, adapter, default_retain() if default_retain else None)
     needs_images = getattr(method_cls, "needs_images", True)
     needs_retain = getattr(method_cls, "needs_retain", True)
     if needs_retain and not sets.retain_prompts:

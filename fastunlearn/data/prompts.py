@@ -161,8 +161,11 @@ def reported_paraphrases(concepts: dict[str, Any] | None, classes: Sequence[int]
     return [p for p in dict.fromkeys(out) if p not in set(exclude)]
 
 
-def select_prompts(forget: Any, retain: Any, adapter: Any) -> PromptSets:
-    """The forget and retain prompt sets of a text-to-image job, checked against ``adapter`` (its tokenizer)."""
+def select_prompts(forget: Any, retain: Any, adapter: Any, default_retain: Sequence[str] | None = None) -> PromptSets:
+    """The forget and retain prompt sets of a text-to-image job, checked against ``adapter`` (its tokenizer).
+
+    Retain when not given: the model's other concepts, else ``default_retain`` (a method's shipped prompts, e.g.
+    AdvUnlearn's everyday objects) without the forget prompts, else none."""
     f = parse_side(forget, "forget", adapter.image_shape)
     if not f.prompts:
         raise DataError(f"the forget selector names no prompt; give {PROMPT_FORMS}")
@@ -173,6 +176,9 @@ def select_prompts(forget: Any, retain: Any, adapter: Any) -> PromptSets:
         if concepts and concepts.get("classes"):
             kept = [c for c in range(len(concepts["classes"])) if c not in forget_classes]
             r = PromptSide(prompts=[class_prompt(concepts, c) for c in kept], text="the model's other concepts")
+        elif default_retain:
+            r = PromptSide(prompts=[p for p in default_retain if p not in set(f.prompts)],
+                           text="the method's shipped retain prompts")
         else:
             r = PromptSide(prompts=[], text="none")
     else:

@@ -3,6 +3,7 @@
 :mod:`fastunlearn.methods.base` holds the Method protocol, the batch type and the registry.
 """
 from fastunlearn.methods.base import Batch, Method, available, get, register
+from fastunlearn.methods import advunlearn as _advunlearn  # noqa: F401  (registers "advunlearn")
 from fastunlearn.methods import erasediff as _erasediff  # noqa: F401  (registers "erasediff")
 from fastunlearn.methods import esd as _esd  # noqa: F401  (registers "esd")
 from fastunlearn.methods import finetune as _finetune  # noqa: F401  (registers "finetune")
