@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow pickle weight files (.bin/.pt/.ckpt): they can run code; only for files you trust")
     p_run.add_argument("--threads", type=int, help="CPU threads (default: 1 for small models on CPU)")
     p_run.add_argument("--scope", help="parameters to train: all or attention; on text-to-image models also xattn "
-                       "(ESD-x), xattn-kv (ESD-x-strict), noxattn (ESD-u), text-encoder (default: the method's, else all)")
+                       "(ESD-x), xattn-kv (ESD-x-strict), noxattn (ESD-u), text-encoder (its layers and final norm), "
+                       "text-encoder:K (its first K layers) (default: the method's, else all)")
     p_run.add_argument("--guidance", type=float, help="text-to-image: classifier-free guidance of generation and "
                        "evaluation (default: the model's)")
     p_run.add_argument("--clip", metavar="MODEL", help="text-to-image: a CLIP model (directory or hub id) whose CLIP "

@@ -159,7 +159,13 @@ class UnlearnConfig:
             from fastunlearn.models import family_of_ref
 
             family = family_of_ref(self.model)
-        defaults = cls.defaults(self.unconditional, dict(self.options), family=family) if hasattr(cls, "defaults") else {}
+        defaults = {}
+        if hasattr(cls, "defaults"):
+            import inspect
+
+            # a method whose measured defaults depend on the model itself (AdvUnlearn on the embedded default)
+            extra = {"model": self.model} if "model" in inspect.signature(cls.defaults).parameters else {}
+            defaults = cls.defaults(self.unconditional, dict(self.options), family=family, **extra)
         out = dataclasses.replace(self, options=dict(self.options))
         for key in ("steps", "batch_size", "lr"):
             if getattr(out, key) is None:

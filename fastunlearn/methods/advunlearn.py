@@ -136,10 +136,23 @@ class AdvUnlearn(GradientMethod):
 
     @staticmethod
     def defaults(unconditional: bool = False, options: dict[str, Any] | None = None,
-                 family: str = "t2i") -> dict[str, Any]:
+                 family: str = "t2i", model: Any = None) -> dict[str, Any]:
         """The authors' Stable Diffusion defaults: 1,000 iterations of one row (batch 1), Adam at lr 1e-5, the
         text encoder's layers and final layer norm (``text_encoder_full``); options: warm-up 200, a 30-step PGD
-        attack at lr 1e-3 with one prefix token every iteration, γ 0.5 (use ``gamma=0.3`` for nudity)."""
+        attack at lr 1e-3 with one prefix token every iteration, γ 0.5 (use ``gamma=0.3`` for nudity).
+
+        On the embedded default ``zoo:digits-t2i`` (and models derived from it), measured values that fit its
+        10-minute CPU bar: 200 iterations at lr 1e-4, warm-up 30, a 10-step attack every iteration (the rest as
+        the authors'). Measured (``fastunlearn run --model zoo:digits-t2i --method advunlearn --forget 'prompt:a
+        handwritten digit zero'``; README, "Robust erasing"): the authors' lr 1e-5 leaves the prompt drawing
+        zeros after 200 iterations, and 150 iterations at 1e-4 leave 6%; at these values the prompt draws 0%
+        zeros, twelve paraphrases 0.5%, the nine retained prompts 100% right, in about 2.5 min of training.
+        """
+        from fastunlearn.zoo.t2i import is_digits_t2i
+
+        if model is not None and is_digits_t2i(model):
+            return {"steps": 200, "batch_size": 1, "lr": 1e-4, "scope": "text-encoder",
+                    "options": {"warmup": 30, "attack_steps": 10}}
         return {"steps": 1000, "batch_size": 1, "lr": 1e-5, "scope": "text-encoder"}
 
     @staticmethod

@@ -47,6 +47,23 @@ REPORTED_TEMPLATES = ("the number {name}", "{numeral}", "{name}") + HELD_OUT_TEM
 MAX_TOKENS = 32
 
 
+def is_digits_t2i(model: Any) -> bool:
+    """Whether a model reference is this model or a model derived from it (a fastunlearn output of it: its
+    recorded concepts are this model's): what the methods' measured embedded-default settings apply to."""
+    if isinstance(model, str) and model.strip() == "zoo:" + NAME:
+        return True
+    if not isinstance(model, (str, Path)) or not Path(model).expanduser().is_dir():
+        return False
+    for name in ("fastunlearn.json", "training.json"):
+        f = Path(model).expanduser() / name
+        if f.is_file():
+            try:
+                return json.loads(f.read_text()).get("concepts") == concepts()
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                return False
+    return False
+
+
 def caption(template: str, digit: int) -> str:
     return template.format(name=CLASS_NAMES[digit], numeral=NUMERALS[digit])
 
@@ -131,5 +148,5 @@ def assemble(shipped: Path) -> Path:
     return target
 
 
-__all__ = ["NAME", "CLASS_NAMES", "TEMPLATE", "TRAIN_TEMPLATES", "HELD_OUT_TEMPLATES", "caption", "concepts",
+__all__ = ["is_digits_t2i", "NAME", "CLASS_NAMES", "TEMPLATE", "TRAIN_TEMPLATES", "HELD_OUT_TEMPLATES", "caption", "concepts",
            "assemble", "encoder_dir", "cache_root"]
