@@ -144,9 +144,17 @@ class AdvUnlearn(GradientMethod):
         On the embedded default ``zoo:digits-t2i`` (and models derived from it), measured values that fit its
         10-minute CPU bar: 200 iterations at lr 1e-4, warm-up 30, a 10-step attack every iteration (the rest as
         the authors'). Measured (``fastunlearn run --model zoo:digits-t2i --method advunlearn --forget 'prompt:a
-        handwritten digit zero'``; README, "Robust erasing"): the authors' lr 1e-5 leaves the prompt drawing
-        zeros after 200 iterations, and 150 iterations at 1e-4 leave 6%; at these values the prompt draws 0%
-        zeros, twelve paraphrases 0.5%, the nine retained prompts 100% right, in about 2.5 min of training.
+        handwritten digit zero' --no-eval`` with the options varied, then 16 generations per prompt and
+        ``fastunlearn attack`` at its defaults; ESD at its defaults for scale: unlearndiffatk ASR 11/24, paraphrase
+        ASR 7.4% of 176):
+
+        - 150 iterations at lr 1e-4: the prompt still draws zeros 6% of the time;
+        - 200 iterations at lr 1e-4 (the default): 0% zeros, twelve wordings 0.5%, retained prompts 100%;
+          unlearndiffatk ASR 0/24, paraphrase ASR 0.0% of 176;
+        - 200 iterations at the authors' lr 1e-5: 0%, 1.5%, 100%; unlearndiffatk 0/24, paraphrase 1.7% of 176 —
+          also erased, with less margin on the paraphrases.
+
+        The full figures, with the run's evaluation and several seeds: README, "Robust erasing".
         """
         from fastunlearn.zoo.t2i import is_digits_t2i
 
