@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fastunlearn.cli_generate import add_subcommand as add_generate
 
     add_generate(sub)
+    from fastunlearn.cli_attack import add_subcommand as add_attack
+
+    add_attack(sub)
     return parser
 
 
