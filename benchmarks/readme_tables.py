@@ -29,16 +29,19 @@ def _latest_runs(rows: list[dict]) -> list[dict]:
     return keep
 
 
-def _latest_commit_rows(rows: list[dict], key: tuple[str, ...]) -> list[dict]:
-    """Per device and model, the rows of the commit of that model's newest row (so ``--models digits`` and
-    ``--models cifar10`` run separately, even across a commit, fill one table), the newest row per ``key``."""
+def _latest_commit_rows(rows: list[dict], key: tuple[str, ...], group_by: tuple[str, ...] = ("model",)) -> list[dict]:
+    """Per device and ``group_by`` value (the model), the rows of the commit of that group's newest row (so
+    ``--models digits`` and ``--models cifar10`` run separately, even across a commit, fill one table), the newest
+    row per ``key``."""
     keep: dict[tuple, dict] = {}
-    for device, model in {(r["device"], r["model"]) for r in rows}:
-        group = sorted((r for r in rows if (r["device"], r["model"]) == (device, model)), key=lambda r: r["date"])
+    groups = {(r["device"],) + tuple(r[k] for k in group_by) for r in rows}
+    for g in groups:
+        group = sorted((r for r in rows if (r["device"],) + tuple(r[k] for k in group_by) == g),
+                       key=lambda r: r["date"])
         commit = group[-1]["commit"]
         for r in group:
             if r["commit"] == commit:
-                keep[(device,) + tuple(r[k] for k in key)] = r
+                keep[(g[0],) + tuple(r[k] for k in key)] = r
     order = {"digits": 0, "cifar10": 1, "sd": 2}
     return sorted(keep.values(), key=lambda r: (r["device"], order.get(r["model"], 9), int(r["batch"])))
 
@@ -133,30 +136,48 @@ def forgetting_table() -> str:
 
 
 def t2i_table() -> str:
-    """bench_t2i.py: ESD per iteration (the library's amortised over its run) vs the authors' loop, and the time to
-    erase the forget prompt on digits-t2i; the latest commit's rows per device and model."""
+    """bench_t2i.py: ESD and AdvUnlearn per iteration (the library's amortised over its run) vs the authors' loops,
+    UNet calls per iteration, and ESD's time to erase the forget prompt on digits-t2i; per device, method and
+    model the latest commit's rows (``--method esd`` and ``--method advunlearn`` run separately fill one table)."""
     path = RESULTS / "t2i.csv"
     if not path.exists():
         return "_not yet measured_"
     with open(path) as fh:
-        rows = _latest_commit_rows(list(csv.DictReader(fh)), ("model", "impl", "batch"))
+        rows = _latest_commit_rows(list(csv.DictReader(fh)), ("method", "setting", "model", "impl", "batch"),
+                                   group_by=("method", "model"))
     if not rows:
         return "_not yet measured_"
-    order = {"digits": 0, "sd": 1}
-    rows.sort(key=lambda r: (r["device"], order.get(r["model"], 9), r["impl"] != "reference", r["impl"]))
+    models, method_order = {"digits": 0, "sd": 1}, {"esd": 0, "advunlearn": 1}
+    rows.sort(key=lambda r: (r["device"], models.get(r["model"], 9), method_order.get(r["method"], 9), r["setting"],
+                             r["impl"] != "reference", r["impl"]))
     lines = []
+    if any(r["method"] == "advunlearn" for r in rows):
+        lines += ["AdvUnlearn rows: the library's iteration (its in-loop soft-prompt attack on its banks + one fused "
+                  "training pass; banks built once and amortised over the run) vs `benchmarks/reference_advunlearn.py` "
+                  "(the authors' iteration: the frozen model's prefix DDIM before every attack step and the training "
+                  "step, UNet weight gradients in every backward), both timed on iterations that attack; `authors` = "
+                  "their defaults (30 attack steps, k 1, retain batch 5, batch 1; 1,000 iterations), "
+                  "`digits-defaults` = the measured defaults `fastunlearn run` uses on digits-t2i (10 attack steps; "
+                  "200 iterations). UNet calls per iteration are counted by hooks on every UNet (the library's bank "
+                  "calls amortised over the run; composed rows: the counting formula); the `note` says which CFG the "
+                  "reference runs.", ""]
     for device in sorted({r["device"] for r in rows}):
         sample = next(r for r in rows if r["device"] == device)
         commits = ", ".join(sorted({r["commit"] for r in rows if r["device"] == device}))
         lines += [f"**{device}** — torch {sample['torch']}, commit {commits}, {sample['date'][:10]}", "",
-                  "| model | weights | impl | precision | batch | per iteration ms | bank s (amortised over) | "
-                  "speed-up | time to erase s (iterations) | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| model | method | setting | weights | impl | precision | batch | per iteration ms | "
+                  "bank s (amortised over) | speed-up | UNet calls / iteration (× fewer) | "
+                  "time to erase s (iterations) | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["device"] == device):
             bank = f"{r['bank_s']} ({r['amortised_over']})" if r["bank_s"] else "–"
             erase = f"{r['time_to_erase_s']} ({r['erase_iters']})" if r["time_to_erase_s"] else \
                 (f"not within the cap (share {float(r['erase_share']):.1%})" if r["erase_share"] else "–")
-            lines.append(f"| {r['model']} | {r['weights']} | {r['impl']} | {r['precision']} | {r['batch']} | "
-                         f"{r['per_iter_ms']} | {bank} | **{r['speedup']}×** | {erase} | {r['note']} |")
+            calls = "–" if not r.get("unet_calls_per_iter") else (
+                r["unet_calls_per_iter"] if r["impl"] == "reference"
+                else f"{r['unet_calls_per_iter']} (**{r['unet_calls_ratio']}×**)")
+            lines.append(f"| {r['model']} | {r['method']} | {r['setting']} | {r['weights']} | {r['impl']} | "
+                         f"{r['precision']} | {r['batch']} | {r['per_iter_ms']} | {bank} | **{r['speedup']}×** | "
+                         f"{calls} | {erase} | {r['note']} |")
         lines.append("")
     return "\n".join(lines).rstrip()
 
