@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                       "advunlearn+plug"))
     print_table(rows, ["method", "seed", "train_s", "forget_acc", "retain_acc", "fid", "paraphrase_share",
                        *[f"asr_{c}" for c, _, _ in ATTACKS]])
+    if args.smoke:  # machine-readable rows for the smoke test
+        for r in rows:
+            print("row " + json.dumps({k: r[k] for k in ("method", "seed", "forget_acc", "retain_acc",
+                                                         "asr_unlearndiffatk", "asr_paraphrase")}))
     if not args.smoke and args.csv:
         append_csv(Path(args.csv), rows)
         print(f"appended {len(rows)} rows to {args.csv}")

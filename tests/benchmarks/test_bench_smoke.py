@@ -64,3 +64,23 @@ def test_readme_tables_are_generated_from_results(tmp_path, monkeypatch):
         # The committed README holds exactly what the script generates from the committed results.
         block = readme.split(f"<!-- {name}-table:start -->\n", 1)[1].split(f"<!-- {name}-table:end -->", 1)[0]
         assert block.strip() == make().strip(), f"README {name} table is stale: run python benchmarks/readme_tables.py"
+
+
+def test_bench_robustness_smoke(tmp_path):
+    """The base model, one eraser and its encoder plugged into the base pipeline are trained (2 steps), judged and
+    attacked by every attack; the table carries shares in [0, 1]; nothing is written."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_robustness.py"), "--smoke",
+                          "--methods", "advunlearn", "--seeds", "0", "--work", str(tmp_path / "work"),
+                          "--attacks", "unlearndiffatk,paraphrase"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    import json
+
+    rows = {r["method"]: r for r in (json.loads(line[4:]) for line in out.stdout.splitlines() if line.startswith("row "))}
+    assert set(rows) == {"base", "advunlearn", "advunlearn+plug"}, out.stdout
+    for r in rows.values():
+        for key in ("forget_acc", "retain_acc", "asr_unlearndiffatk", "asr_paraphrase"):
+            assert 0.0 <= float(r[key]) <= 1.0, (key, r)
+    assert float(rows["base"]["asr_unlearndiffatk"]) == 1.0  # the base model draws the concept: pre-attack success
+    assert not (ROOT / "benchmarks" / "results" / "robustness.csv").exists() or \
+        "appended" not in out.stdout, "--smoke must not write results"
