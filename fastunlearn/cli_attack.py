@@ -149,7 +149,7 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--iterations", type=int, metavar="N", help="optimisation steps per instance (default 40)")
     p.add_argument("--timesteps", type=int, metavar="T", help="timesteps per optimisation step (default 8)")
     p.add_argument("--check-every", type=int, metavar="C",
-                   help="optimisation steps between success checks (default 5)")
+                   help="optimisation steps between success checks (default 2; soft-prompt 5)")
     p.add_argument("--lr", type=float, metavar="LR", help="the optimiser's learning rate (default 0.01)")
     p.add_argument("--mode", choices=("pgd", "fast_at"), help="soft-prompt: Adam (pgd, default) or signed steps")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="K",

@@ -27,11 +27,15 @@ own generator and has its own rows of P and of Adam's state (Adam and the projec
 row, the loss is the *sum* over instances of their mean losses), so an instance's attack does not depend on
 which others share its batch (up to the backend's batch-size-dependent rounding, ≈1e-6).
 
-Defaults (:data:`DEFAULTS`), measured on ``zoo:digits-t2i`` (1 thread of this 2-core CPU, instances in
-batches of 8, ``timesteps`` 8 → 64 UNet rows per iteration, ≈0.35 s per iteration; a check ≈0.45 s for 8
-generations of 10 DDIM steps): 40 iterations (the authors' per-timestep count) with a check every 5 attack
-a batch of 8 in ≈20 s when no instance succeeds early. See :mod:`fastunlearn.attacks.runner` for what
-the attack is run on and how its success rate is counted.
+Defaults (:data:`DEFAULTS`), measured on ``zoo:digits-t2i`` erased of "a handwritten digit zero" by ESD at its
+defaults (16 instances of the concept prompt, seed 0, ``nice``, 1 thread of this 2-core CPU shared with other
+jobs; instances in batches of 8 → 64 UNet rows per iteration, ≈0.5 s per iteration, ≈0.45 s per check of 8
+images): 40 iterations (the authors' count per timestep), 8 timesteps per iteration (4: 1/8 successes where 8
+found 3/8 on the same instances), a check every 2 iterations — ASR 56 % in 53 s; a check every 5: 50 % in
+58 s; every iteration: 56 % in 96 s (the argmax tokens change from one iteration to the next, and a success
+can be passed over between checks). 80 iterations found 4/8 where 40 found 3/8, at twice the time of every
+failed instance. See :mod:`fastunlearn.attacks.runner` for what the attack is run on and how its success rate
+is counted.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from fastunlearn.ops import dual_noise_loss
 #: UnlearnDiffAtk's settings: prefix length ``k`` (3 for objects, 5 for nudity: chosen by the runner),
 #: Adam's ``lr`` and ``weight_decay`` (the authors'), ``iterations`` (optimisation steps per instance),
 #: ``timesteps`` (t, ε pairs per instance per iteration) and ``check_every`` (iterations between checks).
-DEFAULTS: dict[str, Any] = {"lr": 0.01, "weight_decay": 0.1, "iterations": 40, "timesteps": 8, "check_every": 5}
+DEFAULTS: dict[str, Any] = {"lr": 0.01, "weight_decay": 0.1, "iterations": 40, "timesteps": 8, "check_every": 2}
 
 
 def project_simplex(v: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ def _label(ins: Any, attack: str) -> str:
             "failed": f"failed ({ins.iterations} iterations)", "drawn": "still drawn",
             "erased": "not drawn", "excluded": "excluded: the base model does not draw it"}[outcome(ins, attack)]
     text = ins.prompt if ins.adversarial_prompt is None else ins.adversarial_prompt
-    return f"#{ins.index} · seed {ins.seed} · {word} · {text}"
+    return f"#{ins.index} · {word} · {text}"
 
 
 def _tile(img: Any, size: int) -> Image.Image:

@@ -57,7 +57,9 @@ ATTACKS = ("unlearndiffatk", "soft-prompt", "paraphrase")
 DEFAULT_NUM = {"unlearndiffatk": 24, "soft-prompt": 24, "paraphrase": 8}
 #: DDIM steps of every image (the evaluation's ``eval_steps``).
 DEFAULT_STEPS = 10
-#: Soft-prompt settings (see the module docstring): Adam's ``lr`` on the embeddings and the shared schedule.
+#: Soft-prompt settings (see the module docstring): Adam's ``lr`` on the embeddings (AdvUnlearn's in-training
+#: attack uses 1e-3; measured against ESD on zoo:digits-t2i, 8 instances: 1e-2 succeeds on all 8 in 18 s, mostly at
+#: the first check, 1e-3 on all 8 in 70 s), rounds of ``check_every`` Adam steps (a fresh Adam each round).
 SOFT_DEFAULTS: dict[str, Any] = {"lr": 0.01, "iterations": 40, "timesteps": 8, "check_every": 5, "mode": "pgd"}
 #: Instances attacked at once by ``unlearndiffatk`` (one UNet pass over instances × timesteps rows).
 DEFAULT_BATCH = 8
