@@ -186,7 +186,7 @@ def build(model: str, device: torch.device, smoke: bool = False) -> Case:
 
         torch.manual_seed(0)
         with tempfile.TemporaryDirectory() as tmp:
-            tok_dir = _write_char_tokenizer(Path(tmp) / "tokenizer", 77)
+            tok_dir = _write_char_tokenizer(Path(tmp) / "tokenizer")
             tokenizer = CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"),
                                       model_max_length=77)
         text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -781,6 +781,7 @@ def main(argv: list[str] | None = None) -> int:
         case = build(model.removesuffix("-composed"), device, smoke=args.smoke)
         params = round(sum(p.numel() for p in case.adapter.unet.parameters()) / 1e6, 2)
         measured: list[tuple[dict, list[dict]]] = []
+        model_rows: list[dict] = []
         for method in (m for m in METHODS if m in chosen):  # ESD first: AdvUnlearn's sd rows release the model
             if method == "esd":
                 measured.append(esd_rows(case, model, device, args))
@@ -797,7 +798,11 @@ def main(argv: list[str] | None = None) -> int:
                        "note": r["note"] + ("; random weights" if case.weights == "random" else "")}
                 for key in ("time_to_erase_s", "erase_iters", "erase_share"):
                     row.setdefault(key, "")
-                rows.append({k: row[k] for k in COLUMNS})
+                model_rows.append({k: row[k] for k in COLUMNS})
+        if not args.smoke and args.csv:  # each model's rows as soon as they are measured
+            append_csv(Path(args.csv), model_rows)
+            print(f"appended {len(model_rows)} {model} rows to {args.csv}", flush=True)
+        rows += model_rows
         del case
         gc.collect()
     print_table(rows, ["method", "setting", "model", "weights", "impl", "precision", "batch", "per_iter_ms",
@@ -805,9 +810,6 @@ def main(argv: list[str] | None = None) -> int:
                        "erase_iters"])
     print("speedup = the reference's per-iteration time ÷ this row's (the library's amortised over its run); "
           "unet_calls_ratio = the reference's UNet calls per iteration ÷ this row's")
-    if not args.smoke and args.csv:
-        append_csv(Path(args.csv), rows)
-        print(f"appended {len(rows)} rows to {args.csv}")
     return 0
 
 
