@@ -388,7 +388,8 @@ def attack(model: Any, concept: str, attack: str = "unlearndiffatk", prompts: An
     guidance = float(DEFAULT_GUIDANCE if guidance is None else guidance)
     if attack == "paraphrase":
         given = {n: v for n, v in (("k", k), ("iterations", iterations), ("timesteps", timesteps),
-                                   ("check_every", check_every), ("lr", lr), ("target_images", target_images))
+                                   ("check_every", check_every), ("lr", lr), ("weight_decay", weight_decay),
+                                   ("mode", mode), ("target_images", target_images))
                  if v is not None}
         if given:
             raise UserInputError(f"the paraphrase attack optimises nothing: drop {', '.join(given)}")
