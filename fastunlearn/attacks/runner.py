@@ -52,8 +52,10 @@ import torch
 from fastunlearn.errors import UserInputError
 
 ATTACKS = ("unlearndiffatk", "soft-prompt", "paraphrase")
-#: Instances per prompt (``--num``) when not given: an ``unlearndiffatk`` attack of zoo:digits-t2i's concept
-#: prompt finishes in ≈1 min on one thread of this 2-core CPU; paraphrase lists have many prompts.
+#: Instances per prompt (``--num``) when not given. Measured with ``fastunlearn attack --concept 'a handwritten
+#: digit zero'`` at the defaults, ``nice``, 1 thread of this 2-core CPU while other jobs kept it busy (load ≈3.5):
+#: zoo:digits-t2i itself, unlearndiffatk: ASR 100 % (all pre-attack) in 1.4 s; ESD at its defaults: unlearndiffatk
+#: 54.2 % [35.1–72.1] in 114 s, soft-prompt 95.8 % in 89 s, paraphrase (22 shipped wordings × 8) 7.4 % in 27 s.
 DEFAULT_NUM = {"unlearndiffatk": 24, "soft-prompt": 24, "paraphrase": 8}
 #: DDIM steps of every image (the evaluation's ``eval_steps``).
 DEFAULT_STEPS = 10
