@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +153,7 @@ def t2i_table() -> str:
                              r["impl"] != "reference", r["impl"]))
     lines = []
     if any(r["method"] == "advunlearn" for r in rows):
-        lines += ["AdvUnlearn rows: the library's iteration (its in-loop soft-prompt attack on its banks + one fused "
+        lines += [textwrap.fill("AdvUnlearn rows: the library's iteration (its in-loop soft-prompt attack on its banks + one fused "
                   "training pass; banks built once and amortised over the run) vs `benchmarks/reference_advunlearn.py` "
                   "(the authors' iteration: the frozen model's prefix DDIM before every attack step and the training "
                   "step, UNet weight gradients in every backward), both timed on iterations that attack; `authors` = "
@@ -160,7 +161,9 @@ def t2i_table() -> str:
                   "`digits-defaults` = the measured defaults `fastunlearn run` uses on digits-t2i (10 attack steps; "
                   "200 iterations). UNet calls per iteration are counted by hooks on every UNet (the library's bank "
                   "calls amortised over the run; composed rows: the counting formula); the `note` says which CFG the "
-                  "reference runs.", ""]
+                  "reference runs. On a CPU the `sd` rows are composed from components timed on one row (two for a "
+                  "guided call) by each side's counted formula (`note`); `benchmarks/bench_t2i.py`'s docstring gives "
+                  "the compositions.", width=115, break_on_hyphens=False), ""]
     for device in sorted({r["device"] for r in rows}):
         sample = next(r for r in rows if r["device"] == device)
         commits = ", ".join(sorted({r["commit"] for r in rows if r["device"] == device}))
