@@ -348,7 +348,8 @@ def test_generation_is_deterministic_per_seed_and_row(sd_dirs):
 def test_scopes_follow_stable_diffusion_naming(sd_dirs):
     adapter = load_model(sd_dirs["epsilon"])
     every = {n for n, _ in adapter.unet.named_parameters()}
-    names = {scope: {n for n, _ in adapter.named_parameters(scope)} for scope in SCOPES if scope != "text-encoder"}
+    names = {scope: {n for n, _ in adapter.named_parameters(scope)} for scope in SCOPES
+             if not scope.startswith("text-encoder")}
     assert not any(n.startswith(("encoder_hid_proj.", "add_embedding.")) for n in every)  # tiny SD has neither
     assert names["all"] == every
     assert names["xattn"] == {n for n in every if ".attn2." in n} and names["xattn"]
@@ -360,8 +361,17 @@ def test_scopes_follow_stable_diffusion_naming(sd_dirs):
     assert names["attention"] == {n for n in every if ".attentions." in n}
     unet_params = {id(p) for p in adapter.unet.parameters()}
     assert all(id(p) in unet_params for scope in names for p in adapter.parameters(scope))
-    text = adapter.parameters("text-encoder")
-    assert {id(p) for p in text} == {id(p) for p in adapter.text_encoder.parameters()}
+    # text-encoder: every layer and the final layer norm, never the token/position embeddings; text-encoder:K the
+    # first K layers
+    te = dict(adapter.text_encoder.named_parameters())
+    layers = {n for n in te if n.startswith("encoder.layers.")}
+    assert {n for n, _ in adapter.named_parameters("text-encoder")} == layers | {n for n in te if n.startswith(
+        "final_layer_norm.")}
+    assert {n for n, _ in adapter.named_parameters("text-encoder:1")} == {n for n in layers
+                                                                          if n.startswith("encoder.layers.0.")}
+    assert not any("embeddings" in n for n, _ in adapter.named_parameters("text-encoder"))
+    with pytest.raises(UserInputError, match="text-encoder:0"):
+        adapter.parameters("text-encoder:0")
     with pytest.raises(UserInputError, match="unknown parameter scope 'decoder'"):
         adapter.parameters("decoder")
 
@@ -371,7 +381,9 @@ def test_text_encoder_scope_encodes_with_gradients(sd_dirs):
     ids = adapter.prompt_ids(PROMPTS)
     frozen = adapter.embeddings(ids)
     assert not frozen.requires_grad
-    adapter.set_scope("text-encoder")
+    adapter.set_scope("text-encoder")  # the method then marks the scope trainable
+    for p in adapter.parameters("text-encoder"):
+        p.requires_grad_(True)
     live = adapter.embeddings(ids)
     assert live.requires_grad
     torch.testing.assert_close(live.detach(), frozen, rtol=0, atol=1e-6)
