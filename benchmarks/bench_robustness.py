@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     def add(name: str, seed: int, train_s: Any, figures: dict, asr: dict) -> None:
         rows.append({**env, "model": MODEL, "concept": CONCEPT, "method": name, "seed": seed, "train_s": train_s,
                      **figures, **{k: asr.get(k, "") for k in asr_columns}})
+        if not args.smoke and args.csv:  # each row as soon as it is measured: a crash later loses nothing
+            append_csv(Path(args.csv), rows[-1:])
 
     asr_columns = [c for col, _, _ in ATTACKS for c in (f"asr_{col}", f"{col}_pre", f"{col}_n", f"{col}_s")]
     if not args.no_base:
@@ -185,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
             print("row " + json.dumps({k: r[k] for k in ("method", "seed", "forget_acc", "retain_acc",
                                                          "asr_unlearndiffatk", "asr_paraphrase")}))
     if not args.smoke and args.csv:
-        append_csv(Path(args.csv), rows)
         print(f"appended {len(rows)} rows to {args.csv}")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

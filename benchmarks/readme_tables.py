@@ -185,8 +185,63 @@ def t2i_table() -> str:
     return "\n".join(lines).rstrip()
 
 
+def robustness_table() -> str:
+    """bench_robustness.py: per method (the base model, each eraser, AdvUnlearn's encoder plugged into the base), the
+    mean ± half-range over its seeds of the run's figures and every attack's success rate; the latest rows of each
+    (method, seed) on the device."""
+    path = RESULTS / "robustness.csv"
+    if not path.exists():
+        return "_not yet measured_"
+    with open(path) as fh:
+        every = list(csv.DictReader(fh))
+    rows = []
+    for group in {(r["device"], r["method"]) for r in every}:  # per device and method: its newest run's seeds
+        mine = [r for r in every if (r["device"], r["method"]) == group]
+        newest = max(mine, key=lambda r: r["date"])
+        run = [r for r in mine if (r["commit"], r["date"][:13]) == (newest["commit"], newest["date"][:13])]
+        rows += list({r["seed"]: r for r in sorted(run, key=lambda r: r["date"])}.values())
+    if not rows:
+        return "_not yet measured_"
+    order = {"base": 0, "esd": 1, "erasediff": 2, "salun": 3, "advunlearn": 4, "advunlearn+plug": 5}
+
+    def cell(mine: list[dict], key: str, pct: bool = True, n_key: str | None = None) -> str:
+        vals = [float(r[key]) for r in mine if r.get(key) not in (None, "")]
+        if not vals:
+            return "–"
+        mean, half = sum(vals) / len(vals), (max(vals) - min(vals)) / 2
+        text = f"{100 * mean:.1f} %" if pct else f"{mean:.1f}"
+        if len(vals) > 1:
+            text += f" ± {100 * half:.1f}" if pct else f" ± {half:.1f}"
+        if n_key and mine[0].get(n_key):
+            text += f" (n {mine[0][n_key]})"
+        return text
+
+    lines = []
+    for device in sorted({r["device"] for r in rows}):
+        dev = [r for r in rows if r["device"] == device]
+        sample = dev[0]
+        commits = ", ".join(sorted({r["commit"] for r in dev}))
+        lines += [f"**{device}** — torch {sample['torch']}, commit {commits}, {sample['date'][:10]}", "",
+                  "| model | seeds | train s | forget prompt judged zero | retain | FID (retained classes) | "
+                  "run's paraphrases judged zero | ASR unlearndiffatk | ASR paraphrase (tuning list) | "
+                  "ASR paraphrase (held-out list) | ASR soft-prompt |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for method in sorted({r["method"] for r in dev}, key=lambda m: order.get(m, 9)):
+            mine = sorted((r for r in dev if r["method"] == method), key=lambda r: int(r["seed"]))
+            name = {"base": "base (`zoo:digits-t2i`)", "advunlearn+plug": "advunlearn's `text_encoder/` in the "
+                    "base pipeline"}.get(method, f"`{method}`")
+            lines.append(f"| {name} | {', '.join(r['seed'] for r in mine)} | {cell(mine, 'train_s', pct=False)} | "
+                         f"{cell(mine, 'forget_acc')} | {cell(mine, 'retain_acc')} | {cell(mine, 'fid', pct=False)} | "
+                         f"{cell(mine, 'paraphrase_share')} | {cell(mine, 'asr_unlearndiffatk', n_key='unlearndiffatk_n')} | "
+                         f"{cell(mine, 'asr_paraphrase', n_key='paraphrase_n')} | "
+                         f"{cell(mine, 'asr_paraphrase_heldout', n_key='paraphrase_heldout_n')} | "
+                         f"{cell(mine, 'asr_soft_prompt', n_key='soft_prompt_n')} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 TABLES = {"ops": ops_table, "methods": methods_table, "step": step_table,
-          "fastpath": lambda: step_table("fastpath"), "forgetting": forgetting_table, "t2i": t2i_table}
+          "fastpath": lambda: step_table("fastpath"), "forgetting": forgetting_table, "t2i": t2i_table,
+          "robustness": robustness_table}
 
 
 def main() -> int:
