@@ -1,4 +1,4 @@
-"""The ``fastunlearn`` command: ``fastunlearn run | eval | verify | generate | doctor``.
+"""The ``fastunlearn`` command: ``fastunlearn run | eval | verify | generate | attack | zoo | doctor``.
 
 A user mistake (a :class:`~fastunlearn.errors.UserInputError`) ends with one line on stderr and exit code 2,
 never a traceback.
