@@ -293,9 +293,11 @@ def train(
                     if main:
                         log.write(json.dumps(record) + "\n")
                         log.flush()
-                    bar.set_postfix({"L_f": f"{last.get('loss_forget', 0):.4f}", "L_r": f"{last.get('loss_retain', 0):.4f}",
-                                     "λ": f"{last.get('lambda', 0):.3f}", "skip": skipped_seen,
-                                     "it/s": f"{record['steps_per_s']:.2f}"})
+                    # the method's own figures only (EraseDiff's λ, AdvUnlearn's attack loss), not zeros for the rest
+                    shown = {"L_f": ("loss_forget", 4), "L_r": ("loss_retain", 4), "λ": ("lambda", 3),
+                             "L_atk": ("loss_attack", 4)}
+                    postfix = {k: f"{float(last[m]):.{d}f}" for k, (m, d) in shown.items() if m in last}
+                    bar.set_postfix({**postfix, "skip": skipped_seen, "it/s": f"{record['steps_per_s']:.2f}"})
                     sums, count, t_log, step_log = {}, 0, now, step
                 if settings.checkpoint_every > 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
                     check_finite_weights(adapter)  # on every process: the weights are the same everywhere
