@@ -207,6 +207,11 @@ class I2IAdapter(abc.ABC):
         """One flat feature row ``[N, F]`` per image (see the class docstring for F)."""
         return self._flatten(self.encoder_features(x, mask, t, noise))
 
+    def flatten_features(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[N, F]`` rows from maps shaped like :meth:`encoder_features`' (``encode`` = this of those): how a
+        method puts a target given per map (e.g. Gaussian noise in each map's own units) in the rows' space."""
+        return self._flatten(features)
+
     def frozen_encoder(self) -> FrozenEncoder:
         """θ₀'s encoder: a copy of the encoder modules only (the decoder is not copied)."""
         return FrozenEncoder(self)
