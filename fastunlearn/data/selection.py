@@ -14,9 +14,15 @@ A selector is one of
   run's ``config.yaml`` must be able to name its data.
 
 The retain set is the complement of the forget set within the pool (default: the digits
-train split) unless a retain selector is given. Both sides must be non-empty and, when both
-come from the pool, disjoint; every violation is a :class:`~fastunlearn.data.errors.DataError`
-whose message says what matched and what exists.
+train split) unless a retain selector is given. A retain selector may also be
+
+- ``"proxy:NAME"`` (retain only): images from another source than the pool, of every class that is
+  not forgotten (:mod:`fastunlearn.data.proxy`; ``proxy:mnist`` = MNIST digits in the digits
+  layout). The forget set must be labelled (its classes are what the proxy drops), and the
+  description says how many proxy images remain.
+
+Both sides must be non-empty and, when both come from the pool, disjoint; every violation is a
+:class:`~fastunlearn.data.errors.DataError` whose message says what matched and what exists.
 """
 
 from __future__ import annotations
@@ -38,10 +44,12 @@ from fastunlearn.data.sources import load_image_folder
 Selector = str | PathLike | Sequence[int]
 
 _SELECTOR_RE = re.compile(r"^\s*(class|index)\s*[:=]\s*(.*?)\s*$", re.IGNORECASE)
+_PROXY_RE = re.compile(r"^\s*proxy\s*[:=]\s*(.*?)\s*$", re.IGNORECASE)
 _MAX_RANGE = 10_000_000
 _FORMS = (
     "`class:C[,C...]`, `index:I[,I...]` (ranges like `class:0-4`, `index:10-19`), "
-    "a list of ints, an existing folder of images, or a .npy file of images"
+    "a list of ints, an existing folder of images, a .npy file of images, "
+    "or (retain only) `proxy:mnist`"
 )
 
 
@@ -116,6 +124,9 @@ def _select(selector: Selector, pool: DigitsData, side: str, size: int, channels
         ids = _index_list(selector, side)
         kind = "index"
     elif isinstance(selector, (str, PathLike)):
+        if isinstance(selector, str) and _PROXY_RE.match(selector):
+            raise DataError(f"`{text}` is a retain proxy: it selects the images to keep (--retain {text}), "
+                            f"not the {side} set")
         m = _SELECTOR_RE.match(str(selector)) if isinstance(selector, str) else None
         if m is None:
             path = Path(selector)
@@ -235,6 +246,35 @@ def _select_folder(path: Path, size: int, channels: int) -> DigitsData:
     )
 
 
+def _select_proxy(name: str, forget: DigitsData, forget_text: str, text: str, size: int,
+                  channels: int) -> tuple[DigitsData, str]:
+    """``proxy:NAME`` → the proxy's images of every class the forget set does not hold, and a note for the
+    description saying how many of the proxy's images remain."""
+    from fastunlearn.data.proxy import PROXIES, load_proxy
+
+    if not name:
+        raise DataError(f"malformed selector `{text}`: no proxy named after `proxy:`; e.g. `proxy:mnist`")
+    if bool((forget.labels < 0).any()):
+        raise DataError(f"`{text}` keeps the proxy's images of the classes that are not forgotten, but the forget "
+                        f"set `{forget_text}` has images without a class label: select the forget set by class "
+                        "(class:C) or put its images in sub-folders named by class")
+    proxy = load_proxy(name)
+    c, h, w = proxy.images.shape[1:]
+    if (c, h, w) != (channels, size, size):
+        raise DataError(f"retain proxy `{text}` holds {c}×{h}×{w} images (channels×height×width), but the model "
+                        f"takes {channels}×{size}×{size}: the proxy fits models of the digits layout only")
+    forgotten = sorted(forget.labels.unique().tolist())
+    keep = ~torch.isin(proxy.labels, torch.tensor(forgotten, dtype=torch.long))
+    if not bool(keep.any()):
+        have = format_classes(proxy.labels.unique().tolist())
+        raise DataError(f"retain proxy `{text}` is empty once the forget classes {format_classes(forgotten)} are "
+                        f"dropped: it holds classes {have} only; forget fewer classes or give another retain "
+                        "selector")
+    kept = proxy.subset(keep)
+    return kept, (f" ({PROXIES[name.strip().lower()]}: {len(kept)} of its {len(proxy)} images remain, those of the "
+                  f"forget classes {format_classes(forgotten)} dropped)")
+
+
 def _preview(values: Sequence[int], limit: int = 10) -> str:
     shown = ", ".join(str(v) for v in list(values)[:limit])
     return shown + (f", … ({len(values) - limit} more)" if len(values) > limit else "")
@@ -270,6 +310,7 @@ def select_forget_retain(
     f = _select(forget, pool, "forget", image_size, channels)
     if len(f) == 0:
         raise DataError(f"forget set is empty: the selector `{forget_text}` matched no sample")
+    note = ""
     if retain is None:
         retain_text = f"the rest of the pool (not `{forget_text}`)"
         forget_ids = f.indices[f.indices >= 0]
@@ -279,6 +320,9 @@ def select_forget_retain(
                 f"retain set is empty: the forget selector `{forget_text}` takes all {len(pool)} "
                 "samples of the pool; forget fewer or give a retain selector"
             )
+    elif isinstance(retain, str) and (proxy := _PROXY_RE.match(retain)):
+        retain_text = retain.strip()
+        r, note = _select_proxy(proxy.group(1), f, forget_text, retain_text, image_size, channels)
     else:
         retain_text = _selector_text(retain)
         r = _select(retain, pool, "retain", image_size, channels)
@@ -286,14 +330,17 @@ def select_forget_retain(
             raise DataError(f"retain set is empty: the selector `{retain_text}` matched no sample")
         both = sorted(set(f.indices[f.indices >= 0].tolist()) & set(r.indices[r.indices >= 0].tolist()))
         if both:
+            shared = f.labels[torch.isin(f.indices, torch.tensor(both, dtype=torch.long))]
+            shared = [c for c in shared.unique().tolist() if c >= 0]
+            of = f" of class{'es' if len(shared) != 1 else ''} {format_classes(shared)}" if shared else ""
             raise DataError(
                 f"{len(both)} sample{'s are' if len(both) != 1 else ' is'} in both the forget and the "
-                f"retain set: original indices {_preview(both)} (forget `{forget_text}`, retain "
+                f"retain set{of}: original indices {_preview(both)} (forget `{forget_text}`, retain "
                 f"`{retain_text}`); make the selectors disjoint"
             )
     forget_classes = sorted(c for c in f.labels.unique().tolist() if c >= 0)
     retain_classes = sorted(c for c in r.labels.unique().tolist() if c >= 0)
-    description = f"{_describe('forget', forget_text, f)}; {_describe('retain', retain_text, r)}"
+    description = f"{_describe('forget', forget_text, f)}; {_describe('retain', retain_text, r)}{note}"
     return ForgetRetain(
         forget_images=f.images, forget_labels=f.labels,
         retain_images=r.images, retain_labels=r.labels,
