@@ -106,7 +106,7 @@ def _original_weights(cfg: UnlearnConfig, adapter: Any) -> Path | bytes:
         return Path(cfg.model)
     from safetensors.torch import save as save_safetensors
 
-    return save_safetensors({k: v.detach().cpu().contiguous() for k, v in adapter.unet.state_dict().items()})
+    return save_safetensors({k: v.detach().cpu().contiguous() for k, v in adapter.network.state_dict().items()})
 
 
 def _prepare(cfg: UnlearnConfig, dist: Any = None):

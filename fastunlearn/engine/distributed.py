@@ -344,7 +344,7 @@ class Distributed:
         """After FSDP training: every process gathers the full weights into a plain (unsharded) copy of the
         UNet, which replaces the sharded one — for evaluation and saving, which then run as in DDP."""
         if self.sharded:
-            adapter.unet = self._plain_unet(adapter.unet, attention)
+            adapter.network = self._plain_unet(adapter.network, attention)
 
     def evaluation_copy(self, adapter: Any, attention: str = "sdpa") -> Any:
         """The adapter process 0 evaluates alone: itself, or under FSDP a copy over a plain UNet with the
@@ -354,11 +354,11 @@ class Distributed:
             return adapter
         import copy
 
-        plain = self._plain_unet(adapter.unet, attention)
+        plain = self._plain_unet(adapter.network, attention)
         if not self.is_main:
             return None
         evaluated = copy.copy(adapter)
-        evaluated.unet = plain
+        evaluated.network = plain
         return evaluated
 
     def broadcast_object(self, obj: Any) -> Any:

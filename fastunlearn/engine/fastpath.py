@@ -177,7 +177,7 @@ def prepare_model(adapter: Any, device: torch.device, fast: FastPath | None = No
     :meth:`fastunlearn.engine.distributed.Distributed.shard`).
     """
     fast = fast or FastPath()
-    unet = adapter.unet
+    unet = adapter.network  # the denoiser (or, image-to-image, the whole model)
     # fp32 master weights; `.to(dtype)` only when needed (diffusers warns on a no-op dtype cast).
     if any(p.dtype != torch.float32 for p in unet.parameters()):
         unet.to(dtype=torch.float32)
@@ -194,7 +194,7 @@ def prepare_model(adapter: Any, device: torch.device, fast: FastPath | None = No
         shard(unet)
     if fast.compile:
         mode = "reduce-overhead" if fast.cuda_graphs else None
-        adapter.unet = torch.compile(unet, mode=mode)
+        adapter.network = torch.compile(unet, mode=mode)
     return adapter
 
 

@@ -107,7 +107,7 @@ def cpu_threads(adapter: Any, device: torch.device, threads: int | None) -> int 
     else None (leave torch's default)."""
     if threads is not None:
         return threads
-    if device.type == "cpu" and sum(p.numel() for p in adapter.unet.parameters()) < SMALL_MODEL_PARAMS:
+    if device.type == "cpu" and sum(p.numel() for p in adapter.network.parameters()) < SMALL_MODEL_PARAMS:
         return 1
     return None
 
@@ -136,7 +136,7 @@ _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def _model_size(adapter: Any) -> str:
-    n = sum(p.numel() for p in adapter.unet.parameters())
+    n = sum(p.numel() for p in adapter.network.parameters())
     return f"{n / 1e6:.1f}M parameters"
 
 
@@ -153,7 +153,7 @@ def check_finite_weights(adapter: Any) -> None:
     """Raise :class:`NumericalError` naming the first parameter holding a NaN/Inf (never save such weights)."""
     from fastunlearn.models.safe_loading import first_non_finite
 
-    found = first_non_finite(adapter.unet)
+    found = first_non_finite(adapter.network)
     if found is not None:
         raise NumericalError(f"the weights became non-finite ({found[0]} holds NaN/Inf); nothing was saved. "
                              "Lower --lr or use --precision fp32.")
@@ -217,7 +217,7 @@ def train(
             if state.get("sharding") != "fsdp":
                 raise UserInputError(f"cannot resume {latest} with sharding 'fsdp': it was written by a run without "
                                      "it; resume with --sharding ddp")
-            state = dist.shard_state(state, adapter.unet)
+            state = dist.shard_state(state, adapter.network)
         else:
             state = unshard_state(state)  # a sharded run's checkpoint resumes whole, on any number of processes
         if state.get("fingerprint") != settings.fingerprint:

@@ -131,6 +131,16 @@ class DDPMAdapter:
         """The UNet itself (the module inside a ``torch.compile`` wrapper)."""
         return getattr(self.unet, "_orig_mod", self.unet)
 
+    # the family-neutral name the engine reads (every adapter has one: the network it moves, compiles and checks)
+    @property
+    def network(self) -> torch.nn.Module:
+        """The denoiser (``unet``), possibly a ``torch.compile`` wrapper; assignable."""
+        return self.unet
+
+    @network.setter
+    def network(self, value: torch.nn.Module) -> None:
+        self.unet = value
+
     def check_images(self, images: torch.Tensor, what: str = "images") -> None:
         """Raise a :class:`UserInputError` naming expected vs got when ``images`` do not fit the UNet."""
         c, h, w = self.image_shape

@@ -33,7 +33,8 @@ None = the model's own mask, recorded in ``fastunlearn.json``):
   pixels of ``x`` kept bitwise.
 - ``parameters(scope)`` / ``named_parameters(scope)`` with scopes ``encoder``, ``decoder``, ``all`` (disjoint
   encoder and decoder; together every trainable parameter), ``scratch_copy``, ``save_pretrained``, ``state_dict``,
-  ``to`` / ``train`` / ``eval`` / ``device``, ``check_images``.
+  ``to`` / ``train`` / ``eval`` / ``device``, ``check_images``, ``set_mask`` (another mask as the model's own) and
+  ``network`` (the whole model, what the engine moves, compiles and checks).
 
 :func:`load_i2i` reads a directory written by ``save_pretrained`` (``fastunlearn.json`` names the architecture);
 :func:`build_tiny_inpaint` and :func:`build_tiny_mae` build 16×16×1 models of a few thousand parameters for tests.
@@ -119,6 +120,23 @@ class I2IAdapter(abc.ABC):
     def _module(self) -> torch.nn.Module:
         """The model itself (the module inside a ``torch.compile`` wrapper)."""
         return getattr(self.model, "_orig_mod", self.model)
+
+    # the family-neutral name the engine reads (every adapter has one: the network it moves, compiles and checks)
+    @property
+    def network(self) -> torch.nn.Module:
+        """The whole model (``model``: the UNet, the ViTMAEForPreTraining), possibly a ``torch.compile``
+        wrapper; assignable."""
+        return self.model
+
+    @network.setter
+    def network(self, value: torch.nn.Module) -> None:
+        self.model = value
+
+    def set_mask(self, mask: "str | Mask") -> "I2IAdapter":
+        """Make ``mask`` the model's own (what ``mask=None`` means from now on and what :meth:`save_pretrained`
+        records), checked against the image size (and, on a patch model, against its patches)."""
+        self.mask = parse_mask(mask, self.image_shape)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -535,6 +553,12 @@ class MAEAdapter(I2IAdapter):
 
     def _scope_prefixes(self) -> dict[str, tuple[str, ...]]:
         return {"encoder": ("vit.",), "decoder": ("decoder.",)}
+
+    def set_mask(self, mask: "str | Mask") -> "MAEAdapter":
+        chosen = parse_mask(mask, self.image_shape)
+        self._ordering(chosen)  # the hole must tile into the patches
+        self.mask = chosen
+        return self
 
     def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(n, p) for n, p in self._module.named_parameters() if n not in _MAE_FIXED]

@@ -169,6 +169,16 @@ class T2IAdapter:
     def _module(self) -> torch.nn.Module:
         return getattr(self.unet, "_orig_mod", self.unet)
 
+    # the family-neutral name the engine reads (every adapter has one: the network it moves, compiles and checks)
+    @property
+    def network(self) -> torch.nn.Module:
+        """The denoiser (``unet``), possibly a ``torch.compile`` wrapper; assignable."""
+        return self.unet
+
+    @network.setter
+    def network(self, value: torch.nn.Module) -> None:
+        self.unet = value
+
     def to(self, device: torch.device | str) -> "T2IAdapter":
         self.unet.to(device)
         self.text_encoder.to(device)
