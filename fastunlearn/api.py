@@ -70,11 +70,21 @@ def _judges(adapter: Any):
     return digits_judges(adapter)
 
 
+#: The classes of the held-out digits an image-to-image evaluation completes (the retained ones: all but the forgotten).
+_DIGIT_CLASSES = tuple(range(10))
+
+
 def evaluate(adapter: Any, cfg: UnlearnConfig, forget_classes: list[int], judge: Any, sets: Any = None,
              before: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The run's before/after evaluation: :func:`fastunlearn.eval.evaluate.evaluate` (DDPMs) or
+    """The run's before/after evaluation: :func:`fastunlearn.eval.evaluate.evaluate` (DDPMs),
     :func:`fastunlearn.eval.t2i.evaluate_t2i` (text-to-image; ``before``: the "before" result, whose
-    prompt → class reading the "after" evaluation reuses)."""
+    prompt → class reading the "after" evaluation reuses) or :func:`fastunlearn.eval.i2i.evaluate_i2i`
+    (image-to-image: completions of held-out test digits of the forgotten classes and of every other class)."""
+    if getattr(adapter, "family", "ddpm") == "i2i":
+        from fastunlearn.eval.i2i import evaluate_i2i
+
+        retained = [c for c in _DIGIT_CLASSES if c not in set(forget_classes)]
+        return evaluate_i2i(adapter, cfg, forget_classes, retained, judge)
     if getattr(adapter, "family", "ddpm") == "t2i":
         from fastunlearn.eval.t2i import evaluate_t2i
 
@@ -126,6 +136,12 @@ def _prepare(cfg: UnlearnConfig, dist: Any = None):
         backends.select("dual_noise_loss", device, torch.float32)
     fast = resolve_fast_path(cfg, device)
     adapter = load_model(cfg.model, trust_pickle=cfg.trust_pickle)
+    if family_of(adapter) == "i2i":
+        return _prepare_i2i(cfg, dist, adapter, device, fast)
+    if cfg.mask is not None:
+        kind = "a text-to-image" if family_of(adapter) == "t2i" else "a pixel DDPM"
+        raise UserInputError(f"mask {cfg.mask!r} is for image-to-image models (an inpainter or a masked autoencoder); "
+                             f"{cfg.model} is {kind} model: drop --mask")
     if family_of(adapter) == "t2i":
         return _prepare_t2i(cfg, dist, adapter, device, fast)
     return _prepare_ddpm(cfg, dist, adapter, device, fast)
@@ -198,6 +214,58 @@ def _prepare_ddpm(cfg: UnlearnConfig, dist: Any, adapter: Any, device: torch.dev
     judge = _judges(adapter) if cfg.evaluate else None
     if cfg.evaluate and cfg.unconditional and not sets.forget_classes:
         raise UserInputError("--unconditional evaluation needs a labelled forget set (e.g. class:0)")
+    return adapter, method, forget, retain, sets, judge
+
+
+def _i2i_methods() -> list[str]:
+    """The registered methods that unlearn an image-to-image model (Li et al.'s ``i2i`` and its baselines)."""
+    from fastunlearn.methods import base as methods
+    from fastunlearn.methods.i2i import I2IMethod
+
+    return [n for n in methods.available() if issubclass(methods.get(n), I2IMethod)]
+
+
+def _prepare_i2i(cfg: UnlearnConfig, dist: Any, adapter: Any, device: torch.device, fast: Any):
+    """An image-to-image job: the mask (``cfg.mask``, else the model's own) → the forget and retain images
+    (digits selectors, folders, ``.npy``; the retain side also ``proxy:mnist``) → an encoder-only method."""
+    from fastunlearn.data.prompts import is_prompt_selector
+    from fastunlearn.data.selection import select_forget_retain
+    from fastunlearn.engine import SampleSet, prepare_model
+    from fastunlearn.methods import base as methods
+    from fastunlearn.methods.i2i import I2IMethod
+
+    if not issubclass(methods.get(cfg.method), I2IMethod):
+        raise UserInputError(f"method {cfg.method!r} does not apply to image-to-image models ({cfg.model} completes "
+                             f"masked images, trained at its encoder): use {', '.join(_i2i_methods())} (i2i is Li et "
+                             "al.'s method, the others the paper's baselines)")
+    if cfg.unconditional:
+        raise UserInputError("--unconditional is for class-conditional DDPMs; an image-to-image model forgets the "
+                             "classes of the images it completes")
+    for side, sel in (("forget", cfg.forget), ("retain", cfg.retain)):
+        if sel is not None and is_prompt_selector(sel):
+            raise UserInputError(f"the {side} selector {sel!r} names prompts, but {cfg.model} is an image-to-image "
+                                 "model: select images by class:C, index:I, an image folder or a .npy file (the "
+                                 "retain side also proxy:mnist)")
+    if cfg.mask is not None:
+        adapter.set_mask(cfg.mask)
+    c, h, w = adapter.image_shape
+    sets = select_forget_retain(cfg.forget, cfg.retain, image_size=h, channels=c)
+    adapter.check_images(sets.forget_images, "forget images")
+    adapter.check_images(sets.retain_images, "retain images")
+    forget = SampleSet(sets.forget_images, sets.forget_labels)
+    retain = SampleSet(sets.retain_images, sets.retain_labels)
+    method_cls, options = _method(cfg, dist)
+    judge = _judges(adapter) if cfg.evaluate else None
+    if judge is not None and not sets.forget_classes:
+        raise UserInputError("the image-to-image evaluation completes held-out test digits of the forgotten classes, "
+                             "and the forget images carry no class label: put them in sub-folders named by class "
+                             "(forget/3/img.png), select them by class:C, or pass --no-eval")
+    if cfg.evaluate and judge is None:
+        print("note: no judge for this model's images (the digits judges take 1×16×16 digits): the run is not "
+              "evaluated", flush=True)
+    prepare_model(adapter, device, fast, shard=dist.shard if dist is not None else None)
+    method = _setup_method(cfg, dist, adapter, method_cls, options, fast,
+                           tuple(sets.forget_classes), tuple(sets.retain_classes))
     return adapter, method, forget, retain, sets, judge
 
 
@@ -408,6 +476,13 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step, dist: Any) -> Unle
             save_class_grid(res["images"], work / f"samples_{name}.png",
                             title=f"{name} unlearning {cfg.forget}" + (" (unconditional)" if cfg.unconditional else ""))
             paths[f"samples_{name}"] = out_dir / f"samples_{name}.png"
+    tsne = None
+    if (before or {}).get("tsne") or (after or {}).get("tsne"):  # image-to-image: the encoder's embeddings
+        from fastunlearn.eval.i2i import tsne_image
+
+        tsne = tsne_image(before, after)
+        tsne.save(work / "tsne.png")
+        paths["tsne"] = out_dir / "tsne.png"
     train_info = {"steps": loop.steps, "resumed_from": loop.resumed_from, "train_wall_s": loop.wall_s,
                   "steps_per_s": (loop.steps - loop.resumed_from) / max(loop.wall_s, 1e-9),
                   "last_metrics": loop.last_metrics, "skipped_steps": loop.skipped_steps,
@@ -416,7 +491,7 @@ def _run_prepared(cfg: UnlearnConfig, out_dir: Path, on_step, dist: Any) -> Unle
                "options": cfg.options, "before": _jsonable(before), "after": _jsonable(after), "train": train_info}
     (work / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     paths.update(_write_report_and_manifest(work, out_dir, cfg, adapter, sets, before, after, train_info,
-                                            weights_before, started_at))
+                                            weights_before, started_at, tsne=tsne))
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     (work / "eval_before.pt").unlink(missing_ok=True)
     _move_into_place(work, out_dir)
@@ -466,6 +541,10 @@ def _eval_protocol(cfg: UnlearnConfig, adapter: Any, sets: Any, after: dict | No
         return None
     if getattr(adapter, "family", "ddpm") == "ddpm":
         return eval_protocol(cfg, list(range(adapter.num_classes or 0)))
+    if getattr(adapter, "family", "ddpm") == "i2i":
+        from fastunlearn.eval.i2i import eval_protocol as i2i_protocol
+
+        return i2i_protocol(cfg, adapter, after)
     detail = after.get("detail", {})
     if after.get("judges", {}).get("") != "zoo:digits-classifier" or "forget_accuracy" not in after:
         return None
@@ -477,9 +556,17 @@ def _eval_protocol(cfg: UnlearnConfig, adapter: Any, sets: Any, after: dict | No
 
 def _write_report_and_manifest(work: Path, out_dir: Path, cfg: UnlearnConfig, adapter: Any, sets: Any,
                                before: dict | None, after: dict | None, train_info: dict,
-                               weights_before: Path | bytes, started_at: float) -> dict[str, Path]:
+                               weights_before: Path | bytes, started_at: float, tsne: Any = None) -> dict[str, Path]:
     """``report.html`` (what a person reads) and ``manifest.json`` (what a data-protection officer files)."""
     import yaml
+
+    inputs = None
+    if "i2i" in ((before or {}).get("kind"), (after or {}).get("kind")):  # the masked originals beside completions
+        from fastunlearn.eval.i2i import held_out_images
+
+        detail = (before or after)["detail"]
+        count = min(8, int(detail["n_per_class"]))  # the grids show each class's first 8 completions
+        inputs = {c: adapter.mask.apply(x) for c, x in held_out_images(detail["classes"], count).items()}
 
     from fastunlearn.eval.manifest import build_manifest, eval_protocol, write_manifest
     from fastunlearn.eval.report import read_history, write_report
@@ -487,6 +574,7 @@ def _write_report_and_manifest(work: Path, out_dir: Path, cfg: UnlearnConfig, ad
     write_report(work, config=yaml.safe_load(cfg.to_yaml()), metrics_before=_jsonable(before),
                  metrics_after=_jsonable(after), history=read_history(work / "metrics.jsonl"),
                  images_before=before["images"] if before else {}, images_after=after["images"] if after else {},
+                 inputs=inputs, tsne=tsne,
                  headline={"forgotten": str(cfg.forget), "forget_classes": sets.forget_classes, "model": str(cfg.model),
                            "method": cfg.method, "steps": train_info["steps"],
                            "wall time": f"{train_info['job_wall_s']:.0f} s", "device": str(adapter.device),

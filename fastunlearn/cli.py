@@ -29,7 +29,7 @@ _RUN_FLAGS = {
     "scope": "scope", "threads": "threads", "attention": "attention", "max_skipped_steps": "max_skipped_steps",
     "compile": "compile", "channels_last": "channels_last", "fused_optimizer": "fused_optimizer",
     "sharding": "sharding", "keep_checkpoints": "keep_checkpoints", "guidance": "guidance",
-    "images_per_prompt": "images_per_prompt", "clip": "clip",
+    "images_per_prompt": "images_per_prompt", "clip": "clip", "mask": "mask",
 }
 #: Shortcuts for the most used EraseDiff options (equal to --option KEY=VALUE).
 _OPTION_FLAGS = ("target", "lambda_rule", "eta")
@@ -165,7 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--images-per-prompt", type=int, metavar="N",
                        help="text-to-image: images the frozen model generates per prompt for methods that train on "
                        "images (default 64)")
-    p_run.add_argument("--eval-per-class", type=int, help="generations per class in each evaluation (default 100)")
+    p_run.add_argument("--mask", metavar="KIND:K", help="image-to-image: the mask of training and evaluation, "
+                       "center:K (a K×K hole in the middle is completed) or outpaint:K (the centre K×K is kept, the "
+                       "rest completed) (default: the model's own, center:8 for the digits models)")
+    p_run.add_argument("--eval-per-class", type=int, help="generations per class in each evaluation (default 100; "
+                       "image-to-image: held-out test images completed per class, at most the test split holds)")
     p_run.add_argument("--eval-steps", type=int, help="DDIM steps of the evaluation sampler (default 10)")
     p_run.add_argument("--target", help="EraseDiff forget target: pseudo_label, uniform, or auto (default: "
                        "pseudo_label on a class-conditional model, uniform on an unconditional one)")

@@ -14,6 +14,16 @@ Rows are prompt-major: rows ``k·N … k·N+N−1`` belong to prompt (or class) 
 depends only on the seed and i** (:func:`initial_noise`), so the same prompt list drawn from a model before and
 after unlearning gives images that correspond row by row, and a prompt list that extends another one starts
 with the same images. :func:`generate_images` is the Python entry point the command calls.
+
+Image-to-image models complete masked images instead: ``fastunlearn generate --model M --images FILE.npz
+[--mask center:8] [--num N] [--seed S] [--steps K] --out FILE``. ``FILE.npz`` holds ``images`` float32
+``[N, C, H, W]`` in [-1, 1] at the model's size (other keys, e.g. ``labels``, are ignored); ``--mask`` defaults
+to the model's own. Rows are input-major: row ``i·N + j`` is the j-th completion of input i (``--num`` 1 by
+default), its hole started from ``initial_noise(seed, rows, …)[i·N + j]`` (the inpainter; the masked
+autoencoder is deterministic), the known pixels the input's bitwise. The ``.npz`` holds ``images`` and the
+settings (``seed``, ``steps``, ``num``, ``mask``, ``model``); the ``.png`` grid one row per input: the masked
+input, then its completions. :func:`complete_images` is the Python entry point, and the image-to-image
+evaluation (:mod:`fastunlearn.eval.i2i`) completes through it.
 """
 from __future__ import annotations
 
@@ -88,6 +98,10 @@ def generate_images(model_or_adapter: Any, prompts: Sequence[str] | None = None,
     if prompts is not None and classes is not None:
         raise UserInputError("give prompts or classes, not both")
     adapter = load_model(model_or_adapter)
+    if family_of(adapter) == "i2i":
+        raise UserInputError("this is an image-to-image model: it completes masked images rather than drawing from "
+                             "prompts or classes; give the images to complete with --images FILE.npz "
+                             "(complete_images in Python)")
     guidance = default_guidance(adapter) if guidance is None else float(guidance)
     per_row: Any
     if family_of(adapter) == "t2i":
@@ -114,6 +128,99 @@ def generate_images(model_or_adapter: Any, prompts: Sequence[str] | None = None,
                                         noise=noise[start:stop], batch_size=batch_size))
             bar.update(stop - start)
     return torch.cat(out), conditioning
+
+
+def complete_images(model_or_adapter: Any, images: torch.Tensor, mask: Any = None, num: int = 1, seed: int = 0,
+                    steps: int = DEFAULT_STEPS, batch_size: int = 16, noise: torch.Tensor | None = None,
+                    progress: bool = False) -> torch.Tensor:
+    """``num`` completions of each of ``images`` by an image-to-image model, input-major.
+
+    Args:
+        model_or_adapter: an image-to-image adapter or anything :func:`fastunlearn.models.load_model` takes.
+        images: ``[N, C, H, W]`` in [-1, 1] at the model's size (checked: a mistake is a :class:`UserInputError`).
+        mask: ``center:K`` / ``outpaint:K`` or a :class:`~fastunlearn.models.masks.Mask`; None: the model's own.
+        num: completions per input. seed: the noise seed. steps: DDIM steps of the inpainter (the masked
+            autoencoder completes in one pass and ignores it).
+        batch_size: inputs per completion call; the noise is fixed per row, so it does not choose the images.
+        noise: the initial noise ``[N·num, C, H, W]`` instead of ``initial_noise(seed, N·num, (C, H, W))``.
+
+    Returns:
+        float32 ``[N·num, C, H, W]`` in [-1, 1] on the CPU; row ``i·num + j`` is the j-th completion of input
+        i, started from noise row ``i·num + j`` (so a row depends only on the seed, its input and its index,
+        not on the rows after it), with the input's known pixels bitwise.
+    """
+    from tqdm.auto import tqdm
+
+    from fastunlearn.models import family_of, load_model
+
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise UserInputError(f"--num must be a positive integer (completions per input image), got {num!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserInputError(f"--steps must be a positive integer (DDIM steps), got {steps!r}")
+    if batch_size < 1:
+        raise UserInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    adapter = load_model(model_or_adapter)
+    if family_of(adapter) != "i2i":
+        kind = "text-to-image" if family_of(adapter) == "t2i" else "pixel DDPM"
+        raise UserInputError(f"--images completes masked images, which only an image-to-image model (an inpainter "
+                             f"or a masked autoencoder) does; this is a {kind} model: use generate_images")
+    from fastunlearn.models.masks import as_mask
+
+    chosen = as_mask(mask, adapter.image_shape, default=adapter.mask)
+    check_input_images(images, adapter)
+    rows = images.shape[0] * num
+    if noise is None:
+        noise = initial_noise(seed, rows, adapter.image_shape)
+    elif tuple(noise.shape) != (rows, *adapter.image_shape):
+        raise UserInputError(f"noise must be [{rows}, {', '.join(map(str, adapter.image_shape))}], "
+                             f"got {list(noise.shape)}")
+    out = []
+    with tqdm(total=images.shape[0], disable=not progress, desc="complete", unit="img", file=sys.stderr) as bar:
+        for start in range(0, images.shape[0], batch_size):
+            stop = min(images.shape[0], start + batch_size)
+            out.append(adapter.complete(images[start:stop], chosen, steps=steps, num=num,
+                                        noise=noise[start * num:stop * num], batch_size=(stop - start) * num))
+            bar.update(stop - start)
+    return torch.cat(out) if out else torch.empty((0, *adapter.image_shape))
+
+
+def check_input_images(images: Any, adapter: Any, what: str = "--images") -> None:
+    """A :class:`UserInputError` unless ``images`` are a float ``[N ≥ 1, C, H, W]`` tensor at ``adapter``'s size,
+    finite, in [-1, 1] (1e-3 of slack)."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        got = f"dtype {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise UserInputError(f"{what}: images must be floats in [-1, 1], got {got} (for 0–255 pixels: "
+                             "x.astype('float32') / 127.5 - 1)")
+    adapter.check_images(images, what)
+    if images.shape[0] == 0:
+        raise UserInputError(f"{what} holds no image (shape {list(images.shape)})")
+    if not bool(torch.isfinite(images).all()):
+        raise UserInputError(f"{what} hold NaN or Inf values")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1.001 or hi > 1.001:
+        raise UserInputError(f"{what} range over [{lo:g}, {hi:g}]; expected [-1, 1] (for [0, 1]: x * 2 - 1)")
+
+
+def read_images_npz(file: str) -> torch.Tensor:
+    """The ``images`` array of an ``.npz`` (loaded without pickle; other keys ignored) as float32."""
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise UserInputError(f"--images {file}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "images" not in data.files:
+                held = ", ".join(data.files) or "nothing"
+                raise UserInputError(f"--images {file} has no 'images' array (it holds {held}): save the inputs as "
+                                     "np.savez(FILE, images=x), x float32 [N, C, H, W] in [-1, 1]")
+            x = data["images"]
+    except UserInputError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserInputError(f"--images {file}: cannot read it as an .npz without pickle ({exc})") from None
+    if not np.issubdtype(x.dtype, np.floating):
+        raise UserInputError(f"--images {file}: 'images' has dtype {x.dtype}; expected floats in [-1, 1] (for 0–255 "
+                             "pixels: x.astype('float32') / 127.5 - 1)")
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
 def default_guidance(adapter: Any) -> float:
@@ -255,6 +362,14 @@ def _generate(args: argparse.Namespace) -> int:
     from fastunlearn.models import family_of, load_model
 
     out = _out_format(args.out)
+    if args.images is not None:
+        return _complete(args, out)
+    if args.mask is not None:
+        raise UserInputError("--mask goes with --images FILE.npz (the masked images an image-to-image model completes)")
+    missing = [flag for flag, value in (("--num N", args.num), ("--seed S", args.seed)) if value is None]
+    if missing:
+        raise UserInputError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required when drawing "
+                             "from prompts or classes (images per prompt / class, the noise seed)")
     prompts = list(args.prompt) if args.prompt is not None else (_read_prompts(args.prompts) if args.prompts else None)
     dev = _device(args.device)
     with _loading_bars(not args.quiet):
@@ -303,15 +418,72 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _complete(args: argparse.Namespace, out: Path) -> int:
+    """``fastunlearn generate --images FILE.npz``: completions of an image-to-image model (module docstring)."""
+    from fastunlearn.cli_eval import _device
+    from fastunlearn.engine.loop import cpu_threads
+    from fastunlearn.models import family_of, load_model
+    from fastunlearn.models.masks import as_mask
+
+    if args.guidance is not None:
+        raise UserInputError("--guidance is classifier-free guidance of prompts and classes; completing images "
+                             "takes none: drop it")
+    num = 1 if args.num is None else args.num
+    seed = 0 if args.seed is None else args.seed
+    images = read_images_npz(args.images)
+    dev = _device(args.device)
+    with _loading_bars(not args.quiet):
+        adapter = load_model(args.model, trust_pickle=args.trust_pickle)
+    if family_of(adapter) != "i2i":
+        kind = "text-to-image" if family_of(adapter) == "t2i" else "pixel DDPM"
+        raise UserInputError(f"--images completes masked images, which only an image-to-image model does; "
+                             f"{args.model} is a {kind} model (give --prompt or --class instead)")
+    adapter.to(dev)
+    mask = as_mask(args.mask, adapter.image_shape, default=adapter.mask)
+    if out.suffix.lower() == ".png" and adapter.image_shape[0] not in (1, 3):
+        raise UserInputError(f"--out {args.out}: a PNG grid shows 1- or 3-channel images; this model completes "
+                             f"{adapter.image_shape[0]} channels: write .npz instead")
+    threads_before = torch.get_num_threads()
+    threads = cpu_threads(adapter, dev, None)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    try:
+        completions = complete_images(adapter, images, mask, num=num, seed=seed, steps=args.steps,
+                                      batch_size=args.batch_size, progress=not args.quiet)
+    finally:
+        torch.set_num_threads(threads_before)
+    seconds = time.perf_counter() - t0
+    if out.suffix.lower() == ".png":
+        from fastunlearn.eval.grids import _render_rows
+
+        h, w = images.shape[2:]
+        rows = [(str(i), torch.cat([mask.apply(images[i:i + 1]), completions[i * num:(i + 1) * num]]))
+                for i in range(images.shape[0])]
+        grid = _render_rows(rows, None, max(1, 64 // max(h, w)), num + 1, 4)
+        _write_atomic(out, lambda f: grid.save(f, format="PNG"))
+    else:
+        arrays = {"images": completions.numpy().astype(np.float32), "seed": np.int64(seed),
+                  "steps": np.int64(args.steps), "num": np.int64(num), "mask": np.str_(mask.spec),
+                  "model": np.str_(str(args.model))}
+        _write_atomic(out, lambda f: np.savez(f, **arrays))
+    print(f"wrote {out}: {completions.shape[0]} completions ({images.shape[0]} input"
+          f"{'' if images.shape[0] == 1 else 's'} × {num}) from {args.model}, mask {mask.spec}, "
+          f"{args.steps} DDIM steps, seed {seed}, {seconds:.1f}s on {dev}")
+    return 0
+
+
 def add_subcommand(subparsers: Any) -> None:
     """Register ``generate`` on the ``fastunlearn`` parser's sub-parsers."""
     p = subparsers.add_parser(
-        "generate", help="draw images from any model (prompts or class labels) into a PNG grid or an .npz",
+        "generate", help="draw images from any model (prompts, class labels, or masked images to complete) into a "
+                         "PNG grid or an .npz",
         description="Draw --num images per prompt (text-to-image models) or per class label (class-conditional "
-                    "DDPMs) with deterministic DDIM. The initial noise of row i depends only on --seed and i, so "
+                    "DDPMs) with deterministic DDIM, or (image-to-image models) complete the --images of an .npz "
+                    "under --mask. The initial noise of row i depends only on --seed and i, so "
                     "the same prompt list drawn before and after unlearning gives comparable images. The "
-                    "extension of --out picks the format: .png (a labelled grid, one row per prompt or class) or "
-                    ".npz (images float32 [rows, C, H, W] in [-1, 1], prompts / labels per row).")
+                    "extension of --out picks the format: .png (a labelled grid, one row per prompt, class or input) "
+                    "or .npz (images float32 [rows, C, H, W] in [-1, 1], prompts / labels per row).")
     p.add_argument("--model", required=True,
                    help="zoo:NAME, a model or pipeline directory (e.g. a run's --out) or a hub id")
     what = p.add_mutually_exclusive_group()
@@ -321,8 +493,16 @@ def add_subcommand(subparsers: Any) -> None:
     what.add_argument("--class", dest="classes", action="append", metavar="C",
                       help="a class label of a class-conditional DDPM, or a class (index or name) of a text-to-image "
                            "model whose concepts name classes (repeatable)")
-    p.add_argument("--num", type=int, required=True, metavar="N", help="images per prompt / class")
-    p.add_argument("--seed", type=int, required=True, metavar="S", help="seed of the initial noise")
+    what.add_argument("--images", metavar="FILE.npz",
+                      help="image-to-image models: an .npz whose 'images' (float32 [N, C, H, W] in [-1, 1]) are "
+                           "completed, row i·N+j the j-th completion of input i (other keys are ignored)")
+    p.add_argument("--mask", metavar="KIND:K",
+                   help="with --images: center:K (a K×K hole in the middle) or outpaint:K (the centre K×K kept); "
+                        "default: the model's own")
+    p.add_argument("--num", type=int, metavar="N",
+                   help="images per prompt / class (required there); completions per input image (default 1)")
+    p.add_argument("--seed", type=int, metavar="S",
+                   help="seed of the initial noise (required with prompts / classes; default 0 with --images)")
     p.add_argument("--guidance", type=float, metavar="G",
                    help="classifier-free guidance weight (default: a text-to-image model's default guidance, named in "
                         "the summary line; 1.0 = none for a DDPM)")
@@ -337,5 +517,5 @@ def add_subcommand(subparsers: Any) -> None:
     p.set_defaults(func=_generate)
 
 
-__all__ = ["generate_images", "initial_noise", "default_guidance", "concept_index", "add_subcommand", "FORMATS",
+__all__ = ["generate_images", "complete_images", "read_images_npz", "check_input_images", "initial_noise", "default_guidance", "concept_index", "add_subcommand", "FORMATS",
            "DEFAULT_STEPS"]

@@ -78,6 +78,9 @@ class UnlearnConfig:
     clip: str | None = None
     #: text-to-image: measure the nudity rate of the forget prompts' generations (NudeNet, ``pip install fastunlearn[nudity]``)
     nudity: bool = False
+    #: image-to-image: the mask of training and evaluation, ``center:K`` (a K×K hole in the middle) or ``outpaint:K``
+    #: (the centre K×K kept); None: the model's own (recorded in its fastunlearn.json)
+    mask: str | None = None
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)  #: method options
 
@@ -223,6 +226,8 @@ class UnlearnConfig:
             raise UserInputError(f"guidance must be a number >= 1 (1: no guidance), got {self.guidance!r}")
         if self.clip is not None and (not isinstance(self.clip, str) or not self.clip):
             raise UserInputError(f"clip must be a CLIP model directory or hub id, got {self.clip!r}")
+        if self.mask is not None and (not isinstance(self.mask, str) or not self.mask.strip()):
+            raise UserInputError(f"mask must be a string such as 'center:8' or 'outpaint:8', got {self.mask!r}")
         if self.scope is not None and not isinstance(self.scope, str):
             raise UserInputError(f"scope must be a string, got {self.scope!r}")
         if not isinstance(self.options, Mapping):
@@ -232,7 +237,7 @@ class UnlearnConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The settings a checkpoint must share with the run resuming it (``steps`` may grow on resume)."""
         keys = ("model", "forget", "retain", "method", "batch_size", "lr", "seed", "unconditional",
-                "precision", "scope", "guidance", "images_per_prompt", "options")
+                "precision", "scope", "guidance", "images_per_prompt", "mask", "options")
         d = self.to_dict()
         return {k: d[k] for k in keys}
 

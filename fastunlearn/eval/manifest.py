@@ -230,6 +230,10 @@ def _rerun_metric(out_dir: Path, v: dict[str, Any]) -> float:
         raise ValueError(f"cannot re-create the judge {judge_ref!r}")
     if v["kind"] == "t2i":
         return _rerun_t2i_metric(out_dir, v)
+    if v["kind"] == "i2i":  # completions of held-out test digits of the forget classes (fastunlearn.eval.i2i)
+        from fastunlearn.eval.i2i import rerun_forget_accuracy
+
+        return rerun_forget_accuracy(out_dir, v)
     adapter = load_adapter(out_dir)
     adapter.unet.eval()
     judge = load_classifier()

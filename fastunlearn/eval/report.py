@@ -20,6 +20,11 @@ the headline adds the paraphrases' share of the forgotten class, the NudeNet nud
 (CLIP: coloured when the two means differ by more than 1.96 standard errors), and a per-prompt table replaces
 the per-class one. Prompts are user text: every one is HTML-escaped.
 
+An image-to-image evaluation (``kind`` ``"i2i"``, :func:`fastunlearn.eval.i2i.evaluate_i2i`) shows per class the
+masked held-out inputs beside their completions before and after, the encoder's t-SNE before and after
+(:func:`fastunlearn.eval.i2i.tsne_image`), and adds to the metrics the forget side's FID/KID (want ↑) and the
+completions' cosine similarity to their originals per side (forget ↓, retain ↑; coloured like CLIP scores).
+
 Metric dicts are those of :func:`fastunlearn.eval.evaluate.evaluate` (``forget_accuracy``, ``retain_accuracy``
 or ``forget_share``, the second judge's ``*_svm``, ``n``, ``judges``, ``detail``), optionally extended with ``fid`` (:func:`fastunlearn.eval.fid.per_class_fid`),
 ``mia`` (:func:`fastunlearn.eval.mia.membership_auc`) and ``perf`` (:class:`fastunlearn.eval.perf.Measure`).
@@ -148,12 +153,14 @@ def _rows(before: Mapping[str, Any], after: Mapping[str, Any], forget_classes: S
                              n=f"n={nb or na} generations" if (nb or na) else "",
                              significant=sig))
     rows += _t2i_rows(before, after)
+    i2i = "i2i" in (before.get("kind"), after.get("kind"))
     fid = before.get("fid") or after.get("fid") or {}
     if fid:
         o = fid.get("overall", {})
         n = f"{o.get('n_real', '?')} real / {o.get('n_fake', '?')} gen"
         b, a = _get(before, "fid.overall.fid"), _get(after, "fid.overall.fid")
-        rows.append(dict(label="retain FID (CNN features)", judge=_judge_label(before or after, ""), b=b, a=a,
+        rows.append(dict(label="retain FID (completions vs originals)" if i2i else "retain FID (CNN features)",
+                         judge=_judge_label(before or after, ""), b=b, a=a,
                          direction="down", kind="num", b_text=_fmt(b, "num"), a_text=_fmt(a, "num"), n=n,
                          significant=None))
         kb, ka = _get(before, "fid.overall.kid_mean"), _get(after, "fid.overall.kid_mean")
@@ -167,6 +174,8 @@ def _rows(before: Mapping[str, Any], after: Mapping[str, Any], forget_classes: S
                              kind="num3", b_text=_pm(kb, sb, 1, 3), a_text=_pm(ka, sa, 1, 3),
                              n=n + (f", subsets of {o['kid_subset_size']}" if o.get("kid_subset_size") else ""),
                              significant=sig))
+    if i2i:
+        rows += _i2i_rows(before, after)
     mia = before.get("mia") or after.get("mia") or {}
     if mia:
         b, a = _get(before, "mia.auc"), _get(after, "mia.auc")
@@ -210,11 +219,55 @@ def _t2i_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict]
     return rows
 
 
-def _ci_cell(v: Any, ci: Any) -> str:
+#: Image-to-image headline means: (key, label, direction).
+_I2I_MEANS = (("cosine_forget", "cosine similarity, completion vs original (forget)", "down"),
+              ("cosine_retain", "cosine similarity, completion vs original (retained)", "up"))
+
+
+def _i2i_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict]:
+    """The forget side's FID (no test) and KID (significant beyond twice the subsets' spread), want ↑, and the
+    completions' mean cosine similarity to their originals per side (significant when |Δ| > 1.96 ·
+    √(se_b² + se_a²), se = half the interval / 1.96), of an image-to-image evaluation."""
+    rows: list[dict] = []
+    judge = _judge_label(before or after, "")
+    fid = before.get("fid_forget") or after.get("fid_forget") or {}
+    if fid:
+        o = fid.get("overall", {})
+        n = f"{o.get('n_real', '?')} real / {o.get('n_fake', '?')} completed"
+        b, a = _get(before, "fid_forget.overall.fid"), _get(after, "fid_forget.overall.fid")
+        rows.append(dict(label="forget FID (completions vs originals)", judge=judge, b=b, a=a, direction="up",
+                         kind="num", b_text=_fmt(b, "num"), a_text=_fmt(a, "num"), n=n, significant=None))
+        kb, ka = _get(before, "fid_forget.overall.kid_mean"), _get(after, "fid_forget.overall.kid_mean")
+        sb, sa = _get(before, "fid_forget.overall.kid_std"), _get(after, "fid_forget.overall.kid_std")
+        if _num(kb) or _num(ka):
+            sig = None
+            if all(_num(v) for v in (kb, ka, sb, sa)) and (sb or sa):
+                sig = abs(ka - kb) > 2 * math.sqrt(sb * sb + sa * sa)
+            rows.append(dict(label="forget KID (completions vs originals)", judge=judge, b=kb, a=ka,
+                             direction="up", kind="num3", b_text=_pm(kb, sb, 1, 3), a_text=_pm(ka, sa, 1, 3), n=n,
+                             significant=sig))
+    n_b, n_a = before.get("n") or {}, after.get("n") or {}
+    for key, label, direction in _I2I_MEANS:
+        b, a = before.get(key), after.get(key)
+        if not (_num(b) or _num(a)):
+            continue
+        cb, ca = (before.get("ci95") or {}).get(key), (after.get("ci95") or {}).get(key)
+        se_b = (cb[1] - cb[0]) / (2 * Z95) if cb else None
+        se_a = (ca[1] - ca[0]) / (2 * Z95) if ca else None
+        sig = None
+        if all(_num(v) for v in (b, a, se_b, se_a)) and (se_b or se_a):
+            sig = abs(a - b) > Z95 * math.sqrt(se_b * se_b + se_a * se_a)
+        rows.append(dict(label=label, judge=judge + " features", b=b, a=a, direction=direction, kind="num3",
+                         b_text=_ci_cell(b, cb, 3), a_text=_ci_cell(a, ca, 3),
+                         n=f"n={n_b.get(key) or n_a.get(key)} completions", significant=sig))
+    return rows
+
+
+def _ci_cell(v: Any, ci: Any, digits: int = 2) -> str:
     if not _num(v):
         return "–"
-    text = f"{v:.2f}"
-    return text + (f" <span class='ci'>[{ci[0]:.2f}, {ci[1]:.2f}]</span>" if ci else "")
+    text = f"{v:.{digits}f}"
+    return text + (f" <span class='ci'>[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]</span>" if ci else "")
 
 
 def _count_from_detail(det: Mapping[str, Any], base: str, forget_classes: Sequence[int]) -> int | None:
@@ -315,11 +368,12 @@ def _per_class_table(before: Mapping[str, Any], after: Mapping[str, Any], forget
             css, sym = _verdict(b, a, "down" if forgotten else "up", sig)
             cells.append(f"<td class='num'>{_fmt(b, 'pct')}</td><td class='num'>{_fmt(a, 'pct')}</td>"
                          f"<td class='num {css}'>{sym} {_delta(b, a, 'pct')}</td>")
-        b, a = _get(before, f"fid.by_class.{c}.fid"), _get(after, f"fid.by_class.{c}.fid")
-        css, sym = _verdict(b, a, "down", None)
+        src = "fid_forget" if forgotten else "fid"  # image-to-image: the forget side has its own FID (want ↑)
+        b, a = _get(before, f"{src}.by_class.{c}.fid"), _get(after, f"{src}.by_class.{c}.fid")
+        css, sym = _verdict(b, a, "up" if forgotten else "down", None)
         cells.append(f"<td class='num'>{_fmt(b, 'num')}</td><td class='num'>{_fmt(a, 'num')}</td>"
                      f"<td class='num {css}'>{sym} {_delta(b, a, 'num')}</td>")
-        n = _get(before, f"fid.by_class.{c}") or _get(after, f"fid.by_class.{c}") or {}
+        n = _get(before, f"{src}.by_class.{c}") or _get(after, f"{src}.by_class.{c}") or {}
         count = f"{n['n_real']} / {n['n_fake']}" if n else ("forgotten: no FID" if forgotten else "–")
         tag = "<span class='tag'>forgotten</span>" if forgotten else ""
         out.append(f"<tr class='{'forgot' if forgotten else ''}'><td>{html.escape(str(c))}{tag}</td>{''.join(cells)}"
@@ -339,15 +393,24 @@ def _half_width(n: Any) -> str:
     return f"{(hi - lo) * 50:.0f}"
 
 
-def _grids(before: Mapping[Any, torch.Tensor], after: Mapping[Any, torch.Tensor], forget: Sequence[int]) -> str:
-    out = ["<table class='grid'><tr><th>class</th><th>before unlearning</th><th>after unlearning</th></tr>"]
+def _grids(before: Mapping[Any, torch.Tensor], after: Mapping[Any, torch.Tensor], forget: Sequence[int],
+           inputs: Mapping[Any, torch.Tensor] | None = None) -> str:
+    """One row per class: before | after strips, preceded (image-to-image) by the masked inputs' strip."""
+    head = "<th>masked input</th>" if inputs else ""
+    out = [f"<table class='grid'><tr><th>class</th>{head}<th>before unlearning</th><th>after unlearning</th></tr>"]
     for key in before:
         flag = _is_forgotten(key, forget)
         tag = "<span class='tag'>forgotten</span>" if flag else ""
         imgs_after = after.get(key)
         cell_after = (f"<img alt='class {html.escape(str(key))} after' src='{_png_uri(_strip(imgs_after))}'>"
                       if imgs_after is not None else "–")
+        cell_in = ""
+        if inputs:
+            shown = inputs.get(key)
+            cell_in = ("<td>–</td>" if shown is None else
+                       f"<td><img alt='class {html.escape(str(key))} input' src='{_png_uri(_strip(shown))}'></td>")
         out.append(f"<tr class='{'forgot' if flag else ''}'><td class='cls'>{html.escape(str(key))}{tag}</td>"
+                   f"{cell_in}"
                    f"<td><img alt='class {html.escape(str(key))} before' src='{_png_uri(_strip(before[key]))}'></td>"
                    f"<td>{cell_after}</td></tr>")
     out.append("</table>")
@@ -505,7 +568,8 @@ def _cards(headline: Mapping[str, Any], before: Mapping[str, Any], after: Mappin
 def render_report(*, config: Mapping[str, Any], metrics_before: Mapping[str, Any] | None,
                   metrics_after: Mapping[str, Any] | None, history: Sequence[Mapping[str, Any]],
                   images_before: Mapping[Any, torch.Tensor], images_after: Mapping[Any, torch.Tensor],
-                  headline: Mapping[str, Any]) -> str:
+                  headline: Mapping[str, Any], inputs: Mapping[Any, torch.Tensor] | None = None,
+                  tsne: Image.Image | None = None) -> str:
     """The report as an HTML string (see :func:`write_report`)."""
     before, after = dict(metrics_before or {}), dict(metrics_after or {})
     forget = [int(c) for c in headline.get("forget_classes", [])]
@@ -519,7 +583,25 @@ def render_report(*, config: Mapping[str, Any], metrics_before: Mapping[str, Any
              f"<style>{_CSS}</style></head><body><main>",
              f"<h1>{html.escape(title)}</h1><p class='sub'>{html.escape(sub)}</p>", _cards(headline, before, after)]
     t2i = "t2i" in (before.get("kind"), after.get("kind"))
-    if images_before and t2i:
+    i2i = "i2i" in (before.get("kind"), after.get("kind"))
+    if i2i:
+        if images_before:
+            parts += ["<h2>Completions before and after</h2>",
+                      "<p class='note'>Held-out test digits of every class under the model's mask (left), completed "
+                      "before and after unlearning from the same seeded noise: each image on the right completes the "
+                      "same input, from the same draw, as the one in its place on the left.</p>",
+                      _grids(images_before, images_after, forget, inputs)]
+        if tsne is None:
+            from fastunlearn.eval.i2i import tsne_image
+
+            tsne = tsne_image(before, after)
+        if tsne is not None:
+            parts += ["<h2>Encoder embeddings (t-SNE)</h2>",
+                      "<p class='note'>2-D t-SNE of the encoder's features of the same masked test images (the "
+                      "features the unlearning trains), fitted separately before and after: forgotten classes are "
+                      "crosses. Unlearned, their embeddings should no longer form their own clusters.</p>",
+                      f"<img class='plot' alt='t-SNE of the encoder embeddings' src='{_png_uri(tsne)}'>"]
+    elif images_before and t2i:
         parts += ["<h2>Samples before and after, per prompt</h2>",
                   "<p class='note'>Each prompt drawn from its own seeded noise, the same before and after: each image "
                   "on the right is the same draw as the one in the same place on the left.</p>",
@@ -541,6 +623,18 @@ def render_report(*, config: Mapping[str, Any], metrics_before: Mapping[str, Any
         per_prompt = _per_prompt_table(before, after)
         if per_prompt:
             parts += ["<h2>Per prompt</h2>", per_prompt]
+    elif rows and i2i:
+        parts += ["<h2>Metrics</h2>", "<p class='note'>Green: moved the right way; red: the wrong way — coloured "
+                  "only when the change is significant at 95 % (accuracies: two-proportion test on the counts; KID: "
+                  "beyond twice its spread over subsets; cosine: the means' standard errors); <i>n.s.</i>: within "
+                  "sampling noise; <i>no test</i>: no interval exists here (FID). Accuracies are the share of "
+                  "completions of held-out test digits that each judge classifies as the original's class (the first "
+                  "judge the shipped CNN, the second an RBF-kernel SVM on the raw pixels), with their 95 % Wilson "
+                  "interval. FID/KID compare each side's completions with their originals, and the cosine "
+                  "similarity each completion with its original, in the CNN's feature space.</p>", _table(rows)]
+        per_class = _per_class_table(before, after, forget)
+        if per_class:
+            parts += ["<h2>Per class</h2>", per_class]
     elif rows:
         parts += ["<h2>Metrics</h2>", "<p class='note'>Green: moved the right way; red: the wrong way — coloured "
                   "only when the change is significant at 95 % (accuracies: two-proportion test on the counts; KID: "
@@ -568,7 +662,8 @@ def render_report(*, config: Mapping[str, Any], metrics_before: Mapping[str, Any
 def write_report(out_dir: str | Path, *, config: Mapping[str, Any], metrics_before: Mapping[str, Any] | None,
                  metrics_after: Mapping[str, Any] | None, history: Sequence[Mapping[str, Any]],
                  images_before: Mapping[Any, torch.Tensor], images_after: Mapping[Any, torch.Tensor],
-                 headline: Mapping[str, Any]) -> Path:
+                 headline: Mapping[str, Any], inputs: Mapping[Any, torch.Tensor] | None = None,
+                 tsne: Image.Image | None = None) -> Path:
     """Write ``out_dir/report.html`` and return its path.
 
     Args:
@@ -579,13 +674,15 @@ def write_report(out_dir: str | Path, *, config: Mapping[str, Any], metrics_befo
         images_before / images_after: ``{class: Tensor[N, C, H, W] in [-1, 1]}``, first 8 shown per class.
         headline: ``forgotten`` (text), ``forget_classes`` (list of int, flags grid rows and directions of
             per-class rows), ``model``, ``method``, ``steps``, ``wall time``, ``device``, ``finished``.
+        inputs: image-to-image: ``{class: masked inputs}`` shown left of the completions.
+        tsne: image-to-image: the encoder's t-SNE picture; None: drawn from the metrics' ``tsne`` when present.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.html"
     path.write_text(render_report(config=config, metrics_before=metrics_before, metrics_after=metrics_after,
                                   history=history, images_before=images_before, images_after=images_after,
-                                  headline=headline), encoding="utf-8")
+                                  headline=headline, inputs=inputs, tsne=tsne), encoding="utf-8")
     return path
 
 
