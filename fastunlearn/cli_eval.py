@@ -67,6 +67,11 @@ def evaluate_model(model: str, forget: str | None = None, eval_per_class: int = 
             f"{model} is a text-to-image model: `fastunlearn eval` measures class-conditional DDPMs. A text-to-image "
             "run measures before and after itself (fastunlearn run --model ... --forget 'prompt:...'); look at any "
             "model's outputs with `fastunlearn generate --model ... --prompt TEXT --num N --seed S --out grid.png`")
+    if family_of_ref(model) == "i2i":
+        raise UserInputError(
+            f"{model} is an image-to-image model: `fastunlearn eval` measures class-conditional DDPMs. An "
+            "image-to-image run measures before and after itself (fastunlearn run --model ... --forget class:C); look "
+            "at its completions with `fastunlearn generate --model ... --images FILE.npz --out grid.png`")
     dev = _device(device)
     adapter = load_adapter(model).to(dev)
     adapter.unet.eval()

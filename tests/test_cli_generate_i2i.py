@@ -168,3 +168,9 @@ def test_bad_input_is_exit_2_one_line_and_no_file(case, match, inpaint_dir, tiny
 def test_prompts_and_classes_still_need_num_and_seed(tiny_model_dir, tmp_path, capsys):
     assert _generate("--model", str(tiny_model_dir), "--class", "1", "--out", str(tmp_path / "o.npz")) == 2
     assert "--num N and --seed S are required" in capsys.readouterr().err
+
+
+def test_eval_points_an_i2i_model_to_run_and_generate(inpaint_dir, capsys):
+    assert main(["eval", "--model", str(inpaint_dir), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "is an image-to-image model" in err and "--images" in err and len(err.strip().splitlines()) == 1
