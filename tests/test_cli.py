@@ -37,7 +37,7 @@ def _bad_inputs(model_dir: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
     return {
         "empty forget set": (m + ["--forget", "class:11"], "forget set is empty"),
         "overlap": (m + ["--forget", "class:0", "--retain", "class:0,1"], "in both the forget and the retain set"),
-        "unknown method": (m + ["--method", "salun-xyz"], "unknown method 'salun-xyz'; known methods: erasediff"),
+        "unknown method": (m + ["--method", "salun-xyz"], "unknown method 'salun-xyz'; known methods: advunlearn, erasediff"),
         "unknown option": (m + ["-o", "lambda=3"], "unknown option 'lambda'"),
         "unknown option value": (m + ["--lambda-rule", "median"], "unknown erasediff lambda_rule 'median'"),
         "steps <= 0": (m + ["--steps", "0"], "steps must be a positive integer"),

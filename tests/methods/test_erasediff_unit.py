@@ -131,7 +131,7 @@ def test_ema_is_what_finalize_leaves(make_tiny_unet):
 
 
 def test_registry_errors():
-    with pytest.raises(UserInputError, match="known methods: erasediff"):
+    with pytest.raises(UserInputError, match="known methods: advunlearn, erasediff"):
         get("no-such-method")
     with pytest.raises(UserInputError, match="its options: target, lambda_rule"):
         parse_options("erasediff", {"lamda_rule": "bome"})
