@@ -185,6 +185,35 @@ def t2i_table() -> str:
     return "\n".join(lines).rstrip()
 
 
+def i2i_table() -> str:
+    """bench_i2i.py: the library's image-to-image unlearning step vs the authors' step structure at equal batch, with
+    the counted encodes and the teacher's and optimizer's sizes; per device and model the latest commit's rows."""
+    path = RESULTS / "i2i.csv"
+    if not path.exists():
+        return "_not yet measured_"
+    with open(path) as fh:
+        rows = _latest_commit_rows(list(csv.DictReader(fh)), ("model", "impl", "batch"))
+    if not rows:
+        return "_not yet measured_"
+    order = {"digits-inpaint": 0, "digits-mae": 1}
+    rows.sort(key=lambda r: (r["device"], order.get(r["model"], 9), r["impl"] != "reference", r["impl"]))
+    lines = []
+    for device in sorted({r["device"] for r in rows}):
+        sample = next(r for r in rows if r["device"] == device)
+        commits = ", ".join(sorted({r["commit"] for r in rows if r["device"] == device}))
+        lines += [f"**{device}** — torch {sample['torch']}, commit {commits}, {sample['date'][:10]}", "",
+                  "| model | weights | params M (encoder) | impl | structure | precision | rows per side | "
+                  "step ms (p20–p80) | speed-up | encodes / step (rows) | teacher params M | optimizer params M |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["device"] == device):
+            lines.append(f"| {r['model']} | {r['weights']} | {r['params_M']} ({r['encoder_params_M']}) | {r['impl']} | "
+                         f"{r['structure']} | {r['precision']} | {r['batch']} | {r['step_ms']} "
+                         f"({r['p20_ms']}–{r['p80_ms']}) | **{r['speedup']}×** | {r['encodes_per_step']} "
+                         f"({r['encoder_rows_per_step']}) | {r['teacher_params_M']} | {r['optimizer_params_M']} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def robustness_table() -> str:
     """bench_robustness.py: per method (the base model, each eraser, AdvUnlearn's encoder plugged into the base), the
     mean ± half-range over its seeds of the run's figures and every attack's success rate; the latest rows of each
@@ -241,7 +270,7 @@ def robustness_table() -> str:
 
 TABLES = {"ops": ops_table, "methods": methods_table, "step": step_table,
           "fastpath": lambda: step_table("fastpath"), "forgetting": forgetting_table, "t2i": t2i_table,
-          "robustness": robustness_table}
+          "robustness": robustness_table, "i2i": i2i_table}
 
 
 def main() -> int:
