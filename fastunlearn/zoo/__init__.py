@@ -1,7 +1,8 @@
 """The model zoo: small models the project trains itself and ships inside the package.
 
 The build and test machines have no internet, so the default run needs weights that come
-with the code. Each model lives in ``fastunlearn/zoo/models/<name>/`` in diffusers format
+with the code. Each model lives in ``fastunlearn/zoo/models/<name>/`` in its library's format
+(diffusers; transformers for ``digits-mae``; image-to-image models with their ``fastunlearn.json``)
 with a ``training.json`` recording how ``python -m fastunlearn.zoo.train <name>`` made it.
 
 References: ``"zoo:digits-ddpm"`` or the bare name ``"digits-ddpm"``.
@@ -23,6 +24,10 @@ DESCRIPTIONS: dict[str, str] = {
     "digits-svm": "second, independent judge: RBF-kernel SVM on the raw 16×16 pixels (scores over 10 classes)",
     "digits-t2i": "text-to-image latent diffusion in the Stable Diffusion layout (MiniLM text encoder, VAE 16×16 ↔ "
                   "8×8×4, UNet2DConditionModel): 'a handwritten digit seven' → a 16×16 grey digit",
+    "digits-inpaint": "image-to-image: Palette-style diffusion inpainter (UNet2DModel on [x_t, masked image, mask], "
+                      "DDIM) completing the centre 8×8 of a 16×16 digit",
+    "digits-mae": "image-to-image: masked autoencoder (ViTMAEForPreTraining, 4×4 patches, norm_pix_loss=False) "
+                  "completing the centre 8×8 of a 16×16 digit",
 }
 #: Models whose shipped directory is not the loadable one: it is assembled on first use (see :mod:`fastunlearn.zoo.t2i`).
 ASSEMBLED = ("digits-t2i",)

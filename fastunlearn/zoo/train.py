@@ -1,7 +1,9 @@
 """Train the models the project ships: ``python -m fastunlearn.zoo.train NAME``.
 
-NAME is ``digits-classifier`` (train it first: it judges the DDPM), ``digits-ddpm`` or ``digits-svm``
-(the second, independent judge: :mod:`fastunlearn.zoo.svm`). All train on the digits *train* split only,
+NAME is ``digits-classifier`` (train it first: it judges the others), ``digits-ddpm``, ``digits-svm``
+(the second, independent judge: :mod:`fastunlearn.zoo.svm`), ``digits-t2i`` (:mod:`fastunlearn.zoo.t2i`), or the
+image-to-image models ``digits-inpaint`` and ``digits-mae`` (:mod:`fastunlearn.zoo.i2i`: recipes, floors and
+bar). All train on the digits *train* split only,
 seeded (the SVM is deterministic), on CPU, and write into ``fastunlearn/zoo/models/NAME/`` (diffusers format;
 the SVM as ``svm.safetensors`` + ``config.json``) plus ``training.json``: the exact config
 (the dataclasses below, which the tests compare with the recorded file), the measured wall
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 
 from fastunlearn.data import digits
 from fastunlearn.zoo.classifier import DigitsClassifier
+from fastunlearn.zoo.i2i import InpaintTrainConfig, MAETrainConfig
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -169,7 +172,11 @@ CONFIGS: dict[str, Any] = {
     "digits-ddpm": DDPMTrainConfig(),
     "digits-svm": SVMTrainConfig(),
     "digits-t2i": T2ITrainConfig(),
+    "digits-inpaint": InpaintTrainConfig(),
+    "digits-mae": MAETrainConfig(),
 }
+#: The image-to-image models (trained and measured by :mod:`fastunlearn.zoo.i2i`).
+I2I = ("digits-inpaint", "digits-mae")
 
 
 def config_to_json(config: Any) -> dict[str, Any]:
@@ -607,12 +614,24 @@ def evaluate_t2i(config: T2ITrainConfig, model_dir: Path) -> dict[str, Any]:
     return out
 
 
+def _measure_i2i(config: Any, model_dir: Path) -> dict[str, Any]:
+    """An image-to-image model's recorded figures: the floors (no model) and its quality, both with the shipped
+    classifier (see :mod:`fastunlearn.zoo.i2i`)."""
+    from fastunlearn.zoo import load_classifier
+    from fastunlearn.zoo.i2i import evaluate_model, floors
+
+    found = floors(load_classifier(), config.mask)
+    print(f"floors: {json.dumps(found)}", flush=True)
+    return {"floors": found, "quality": evaluate_model(config, model_dir)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastunlearn.zoo.train", description=__doc__)
     parser.add_argument("name", choices=sorted(CONFIGS))
     parser.add_argument("--out", type=Path, default=None, help="default: the zoo directory")
     parser.add_argument("--eval-only", action="store_true",
-                        help="re-measure the quality of an existing directory (DDPM only)")
+                        help="re-measure the quality of an existing directory (digits-ddpm, digits-t2i, "
+                             "digits-inpaint, digits-mae)")
     parser.add_argument("--steps", type=int, default=None,
                         help="override the step/epoch count (smoke tests only; recorded)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
@@ -624,16 +643,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None:
         if args.name == "digits-svm":
             parser.error("--steps does not apply to digits-svm (it is fitted, not trained in steps)")
-        key = "steps" if args.name in ("digits-ddpm", "digits-t2i") else "epochs"
+        key = "steps" if args.name in ("digits-ddpm", "digits-t2i", *I2I) else "epochs"
         config = replace(config, **{key: args.steps})
     out_dir = args.out or MODELS_DIR / args.name
     out_dir.mkdir(parents=True, exist_ok=True)
     record_path = out_dir / "training.json"
     if args.eval_only:
-        if args.name not in ("digits-ddpm", "digits-t2i"):
-            parser.error("--eval-only applies to digits-ddpm and digits-t2i")
+        if args.name not in ("digits-ddpm", "digits-t2i", *I2I):
+            parser.error("--eval-only applies to digits-ddpm, digits-t2i, digits-inpaint and digits-mae")
         record = json.loads(record_path.read_text())
-        if args.name == "digits-t2i":
+        if args.name in I2I:
+            record.update(_measure_i2i(config, out_dir))
+        elif args.name == "digits-t2i":
             if args.eval_per_prompt is not None:
                 config = replace(config, eval_per_prompt=args.eval_per_prompt)
             record["quality"] = evaluate_t2i(config, out_dir)
@@ -641,6 +662,12 @@ def main(argv: list[str] | None = None) -> int:
         record = train_classifier(config, out_dir)
     elif args.name == "digits-svm":
         record = train_svm(config, out_dir)
+    elif args.name in I2I:
+        from fastunlearn.zoo.i2i import train_model
+
+        record = train_model(args.name, config, out_dir)
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        record.update(_measure_i2i(config, out_dir))
     elif args.name == "digits-t2i":
         record = train_t2i(config, out_dir)
         record_path.write_text(json.dumps(record, indent=2) + "\n")

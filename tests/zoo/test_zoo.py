@@ -13,13 +13,13 @@ from fastunlearn.zoo.train import CONFIGS, ClassifierTrainConfig, DDPMTrainConfi
 
 def test_available_and_resolve():
     names = zoo.available()
-    assert set(names) == {"digits-ddpm", "digits-classifier", "digits-svm", "digits-t2i"}
+    assert set(names) == {"digits-ddpm", "digits-classifier", "digits-svm", "digits-t2i", "digits-inpaint", "digits-mae"}
     assert zoo.resolve("zoo:digits-ddpm") == zoo.resolve("digits-ddpm")
     assert (zoo.resolve("zoo:digits-ddpm") / "model_index.json").is_file()
 
 
 def test_unknown_name_lists_what_exists():
-    with pytest.raises(UserInputError, match="unknown zoo model 'zoo:nope': the zoo has zoo:digits-ddpm, zoo:digits-classifier, zoo:digits-svm, zoo:digits-t2i"):
+    with pytest.raises(UserInputError, match="unknown zoo model 'zoo:nope': the zoo has zoo:digits-ddpm, zoo:digits-classifier, zoo:digits-svm, zoo:digits-t2i, zoo:digits-inpaint, zoo:digits-mae"):
         zoo.resolve("zoo:nope")
 
 
