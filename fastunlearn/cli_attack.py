@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from fastunlearn.errors import UserInputError
 
@@ -73,7 +72,7 @@ def _attack(args: argparse.Namespace) -> int:
     from fastunlearn.attacks.runner import _load_t2i, _same_ref, recorded_base
     from fastunlearn.cli_eval import _device
     from fastunlearn.cli_generate import _loading_bars
-    from fastunlearn.engine.loop import cpu_threads
+    from fastunlearn.engine.loop import cpu_threads_for
 
     if not args.concept.strip():
         raise UserInputError("the concept is missing: give the erased concept's prompt, e.g. --concept "
@@ -85,24 +84,17 @@ def _attack(args: argparse.Namespace) -> int:
         base = args.base if args.base is not None else recorded_base(args.model)
         if base is not None and _same_ref(base, args.model):
             base = adapter
-    threads_before = torch.get_num_threads()
-    threads = cpu_threads(adapter, dev, args.threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
     options = {name: getattr(args, name) for name in ("k", "iterations", "timesteps", "check_every", "lr", "mode")
                if getattr(args, name) is not None}
     t0 = time.perf_counter()
-    try:
-        with _loading_bars(not args.quiet):
-            result = attack(adapter, args.concept, attack=args.attack, prompts=args.prompts, base=base,
-                            judge=args.judge, num=args.num, seed=args.seed, nudity=args.nudity,
-                            target_images=args.target_images, steps=args.steps, guidance=args.guidance,
-                            batch_size=args.batch_size, device=dev, trust_pickle=args.trust_pickle,
-                            progress=not args.quiet, name=args.model,
-                            base_name=None if base is None else (args.model if base is adapter else str(base)),
-                            **options)
-    finally:
-        torch.set_num_threads(threads_before)
+    with cpu_threads_for(adapter, dev, args.threads), _loading_bars(not args.quiet):
+        result = attack(adapter, args.concept, attack=args.attack, prompts=args.prompts, base=base,
+                        judge=args.judge, num=args.num, seed=args.seed, nudity=args.nudity,
+                        target_images=args.target_images, steps=args.steps, guidance=args.guidance,
+                        batch_size=args.batch_size, device=dev, trust_pickle=args.trust_pickle,
+                        progress=not args.quiet, name=args.model,
+                        base_name=None if base is None else (args.model if base is adapter else str(base)),
+                        **options)
     paths = write_outputs(result, out)
     print(f"{result.summary()}; {time.perf_counter() - t0:.1f}s on {dev} → {paths['report']}")
     return 0

@@ -53,7 +53,7 @@ def evaluate_model(model: str, forget: str | None = None, eval_per_class: int = 
     split in the judge's feature space (plus an Inception FID with ``inception_weights``), and the membership
     AUC of the forget set against held-out test digits of its classes.
     """
-    from fastunlearn.engine import cpu_threads
+    from fastunlearn.engine.loop import cpu_threads_for
     from fastunlearn.models.ddpm import load_adapter
 
     if eval_per_class < 2:
@@ -75,14 +75,8 @@ def evaluate_model(model: str, forget: str | None = None, eval_per_class: int = 
     dev = _device(device)
     adapter = load_adapter(model).to(dev)
     adapter.unet.eval()
-    threads_before = torch.get_num_threads()
-    threads = cpu_threads(adapter, dev, None)  # the run's rule: 1 thread for a small model on the CPU
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with cpu_threads_for(adapter, dev):  # the run's rule: 1 thread for a small model on the CPU
         return _evaluate(adapter, dev, model, forget, eval_per_class, eval_steps, seed, inception_weights, fid, mia)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _evaluate(adapter: Any, dev: torch.device, model: str, forget: str | None, eval_per_class: int, eval_steps: int,

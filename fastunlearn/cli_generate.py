@@ -358,7 +358,7 @@ def _loading_bars(show: bool):
 
 def _generate(args: argparse.Namespace) -> int:
     from fastunlearn.cli_eval import _device
-    from fastunlearn.engine.loop import cpu_threads
+    from fastunlearn.engine.loop import cpu_threads_for
     from fastunlearn.models import family_of, load_model
 
     out = _out_format(args.out)
@@ -377,17 +377,11 @@ def _generate(args: argparse.Namespace) -> int:
     if out.suffix.lower() == ".png" and adapter.image_shape[0] not in (1, 3):
         raise UserInputError(f"--out {args.out}: a PNG grid shows 1- or 3-channel images; this model draws "
                              f"{adapter.image_shape[0]} channels: write .npz instead")
-    threads_before = torch.get_num_threads()
-    threads = cpu_threads(adapter, dev, None)
-    if threads is not None:
-        torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    try:
+    with cpu_threads_for(adapter, dev):
         images, cond = generate_images(adapter, prompts=prompts, classes=args.classes, num=args.num, seed=args.seed,
                                        guidance=args.guidance, steps=args.steps, batch_size=args.batch_size,
                                        progress=not args.quiet)
-    finally:
-        torch.set_num_threads(threads_before)
     seconds = time.perf_counter() - t0
     t2i = family_of(adapter) == "t2i"
     guidance = args.guidance if args.guidance is not None else default_guidance(adapter)
@@ -421,7 +415,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _complete(args: argparse.Namespace, out: Path) -> int:
     """``fastunlearn generate --images FILE.npz``: completions of an image-to-image model (module docstring)."""
     from fastunlearn.cli_eval import _device
-    from fastunlearn.engine.loop import cpu_threads
+    from fastunlearn.engine.loop import cpu_threads_for
     from fastunlearn.models import family_of, load_model
     from fastunlearn.models.masks import as_mask
 
@@ -443,16 +437,10 @@ def _complete(args: argparse.Namespace, out: Path) -> int:
     if out.suffix.lower() == ".png" and adapter.image_shape[0] not in (1, 3):
         raise UserInputError(f"--out {args.out}: a PNG grid shows 1- or 3-channel images; this model completes "
                              f"{adapter.image_shape[0]} channels: write .npz instead")
-    threads_before = torch.get_num_threads()
-    threads = cpu_threads(adapter, dev, None)
-    if threads is not None:
-        torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    try:
+    with cpu_threads_for(adapter, dev):
         completions = complete_images(adapter, images, mask, num=num, seed=seed, steps=args.steps,
                                       batch_size=args.batch_size, progress=not args.quiet)
-    finally:
-        torch.set_num_threads(threads_before)
     seconds = time.perf_counter() - t0
     if out.suffix.lower() == ".png":
         from fastunlearn.eval.grids import _render_rows

@@ -112,6 +112,20 @@ def cpu_threads(adapter: Any, device: torch.device, threads: int | None) -> int 
     return None
 
 
+@contextlib.contextmanager
+def cpu_threads_for(adapter: Any, device: torch.device, threads: int | None = None):
+    """Run the block with :func:`cpu_threads`' count set (when it names one), then give the process-global thread
+    count back."""
+    before = torch.get_num_threads()
+    count = cpu_threads(adapter, device, threads)
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def step_seed(seed: int, step: int) -> int:
     """The seed of step ``step``'s generator: a fixed mix of (seed, step) in [0, 2⁶³)."""
     return (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
