@@ -109,6 +109,18 @@ def _get(d: Mapping[str, Any] | None, path: str) -> Any:
     return cur
 
 
+def _mean_change_significant(before: Mapping[str, Any], after: Mapping[str, Any], key: str) -> bool | None:
+    """Whether a mean metric's change is significant at 95 %: |a − b| > z·√(se_b² + se_a²), each standard error read
+    back from its normal interval (``ci95``); None when either figure or interval is missing."""
+    b, a = before.get(key), after.get(key)
+    cb, ca = (before.get("ci95") or {}).get(key), (after.get("ci95") or {}).get(key)
+    se_b = (cb[1] - cb[0]) / (2 * Z95) if cb else None
+    se_a = (ca[1] - ca[0]) / (2 * Z95) if ca else None
+    if all(_num(v) for v in (b, a, se_b, se_a)) and (se_b or se_a):
+        return abs(a - b) > Z95 * math.sqrt(se_b * se_b + se_a * se_a)
+    return None
+
+
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -208,11 +220,7 @@ def _t2i_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict]
                              n=f"n={nb or na} generations" if (nb or na) else "", significant=sig))
             continue
         cb, ca = (before.get("ci95") or {}).get(key), (after.get("ci95") or {}).get(key)
-        se_b = (cb[1] - cb[0]) / (2 * Z95) if cb else None
-        se_a = (ca[1] - ca[0]) / (2 * Z95) if ca else None
-        sig = None
-        if all(_num(v) for v in (b, a, se_b, se_a)) and (se_b or se_a):
-            sig = abs(a - b) > Z95 * math.sqrt(se_b * se_b + se_a * se_a)
+        sig = _mean_change_significant(before, after, key)
         rows.append(dict(label=label, judge=f"CLIP ({clip})" if clip else "CLIP", b=b, a=a, direction=direction,
                          kind="num", b_text=_ci_cell(b, cb), a_text=_ci_cell(a, ca),
                          n=f"n={nb or na} generations" if (nb or na) else "", significant=sig))
@@ -252,11 +260,7 @@ def _i2i_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict]
         if not (_num(b) or _num(a)):
             continue
         cb, ca = (before.get("ci95") or {}).get(key), (after.get("ci95") or {}).get(key)
-        se_b = (cb[1] - cb[0]) / (2 * Z95) if cb else None
-        se_a = (ca[1] - ca[0]) / (2 * Z95) if ca else None
-        sig = None
-        if all(_num(v) for v in (b, a, se_b, se_a)) and (se_b or se_a):
-            sig = abs(a - b) > Z95 * math.sqrt(se_b * se_b + se_a * se_a)
+        sig = _mean_change_significant(before, after, key)
         rows.append(dict(label=label, judge=judge + " features", b=b, a=a, direction=direction, kind="num3",
                          b_text=_ci_cell(b, cb, 3), a_text=_ci_cell(a, ca, 3),
                          n=f"n={n_b.get(key) or n_a.get(key)} completions", significant=sig))
@@ -353,7 +357,6 @@ def _per_class_table(before: Mapping[str, Any], after: Mapping[str, Any], forget
         return ""
     per = det.get("n_per_class")
     others = [s for s in (before.get("judges") or after.get("judges") or {}) if s]
-    fid = before.get("fid") or after.get("fid") or {}
     head = "".join(f"<th>{html.escape(_judge_label(before or after, s).split(' ')[0])} accuracy before</th>"
                    "<th>after</th><th>change</th>" for s in ["", *others])
     out = [f"<table><tr><th>class</th>{head}<th>FID before</th><th>after</th><th>change</th>"
