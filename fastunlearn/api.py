@@ -134,8 +134,8 @@ def _prepare(cfg: UnlearnConfig, dist: Any = None):
     # than at the first step with the output half-made.
     if backends.requested_backend() != "auto":
         backends.select("dual_noise_loss", device, torch.float32)
-    fast = resolve_fast_path(cfg, device)
     adapter = load_model(cfg.model, trust_pickle=cfg.trust_pickle)
+    fast = resolve_fast_path(cfg, device, adapter)
     if family_of(adapter) == "i2i":
         return _prepare_i2i(cfg, dist, adapter, device, fast)
     if cfg.mask is not None:

@@ -13,6 +13,8 @@ switch               auto on CUDA                            auto on CPU
                                                              batch 64, 1.8× on the CIFAR-10-sized one,
                                                              same forgetting and retention on the default
                                                              job); fp32 elsewhere (emulated bf16 is slow)
+                                                             and on models measured slower in bf16 (the
+                                                             masked autoencoder: adapter ``cpu_bf16``)
 ``compile``          on (``torch.compile`` of the UNet)      off (measured: no gain on the digits UNet for
                                                              ~2 min of compile time)
 ``attention``        xformers if importable and ≥ 0.0.23,    PyTorch SDPA
@@ -107,23 +109,28 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def auto_precision(device: torch.device) -> str:
-    """``auto`` precision: bf16 on CUDA with bf16 support and on CPUs with native bf16, else fp32."""
+def auto_precision(device: torch.device, adapter: Any = None) -> str:
+    """``auto`` precision: bf16 on CUDA with bf16 support and on CPUs with native bf16, else fp32.
+
+    A model whose adapter sets ``cpu_bf16 = False`` (measured slower under CPU bf16 autocast: the masked
+    autoencoder, whose ViT step is 0.64× the fp32 one on this project's CPU, ``benchmarks/bench_i2i.py``) stays
+    fp32 on the CPU."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "bf16" if cpu_has_native_bf16() and getattr(adapter, "cpu_bf16", True) else "fp32"
     return "fp32"
 
 
-def resolve_fast_path(cfg: Any, device: torch.device) -> FastPath:
-    """Turn a config's ``auto`` switches into concrete ones for ``device``; raise on impossible asks."""
+def resolve_fast_path(cfg: Any, device: torch.device, adapter: Any = None) -> FastPath:
+    """Turn a config's ``auto`` switches into concrete ones for ``device`` (and the model's ``adapter``, when
+    given: see :func:`auto_precision`); raise on impossible asks."""
     cuda = device.type == "cuda"
 
     def pick(value: Any, auto: bool) -> bool:
         return auto if value == "auto" else bool(value)
 
-    precision = auto_precision(device) if cfg.precision == "auto" else cfg.precision
+    precision = auto_precision(device, adapter) if cfg.precision == "auto" else cfg.precision
     compile_ = pick(cfg.compile, cuda)
     attention = cfg.attention
     if attention == "auto":

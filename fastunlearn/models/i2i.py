@@ -515,6 +515,9 @@ class MAEAdapter(I2IAdapter):
     """
 
     arch = "mae"
+    #: ``auto`` precision stays fp32 on the CPU: bf16 autocast made this ViT's unlearning step 0.64× as fast
+    #: as fp32 (``benchmarks/bench_i2i.py``, README "Performance"); see :func:`~fastunlearn.engine.fastpath.auto_precision`
+    cpu_bf16 = False
 
     def __init__(self, model: Any, mask: "str | Mask" = DEFAULT_MASK):
         from transformers import ViTMAEForPreTraining

@@ -45,6 +45,21 @@ def test_auto_precision_follows_native_bf16(monkeypatch):
     assert auto_precision(CPU) == "bf16"
 
 
+def test_auto_precision_keeps_fp32_on_cpu_for_models_slower_in_bf16(monkeypatch):
+    """The masked autoencoder's step is slower under CPU bf16 autocast (bench_i2i): ``auto`` gives it fp32 on a
+    bf16 CPU, while the inpainter (faster in bf16) and a model saying nothing keep bf16; CUDA is not affected."""
+    from fastunlearn.engine import fastpath
+    from fastunlearn.models.i2i import build_tiny_inpaint, build_tiny_mae
+
+    monkeypatch.setattr(fastpath, "cpu_has_native_bf16", lambda: True)
+    mae, inpaint = build_tiny_mae(), build_tiny_inpaint()
+    assert auto_precision(CPU, mae) == "fp32"
+    assert auto_precision(CPU, inpaint) == "bf16"
+    assert auto_precision(CPU, object()) == "bf16"
+    assert resolve_fast_path(UnlearnConfig(), CPU, mae).precision == "fp32"
+    assert resolve_fast_path(UnlearnConfig(precision="bf16"), CPU, mae).precision == "bf16"  # asked for: given
+
+
 @pytest.mark.parametrize("kw, match", [
     ({"cuda_graphs": True}, "cuda_graphs needs a CUDA device"),
     ({"attention": "flash"}, "unknown attention backend 'flash'"),
