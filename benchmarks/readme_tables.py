@@ -214,6 +214,45 @@ def i2i_table() -> str:
     return "\n".join(lines).rstrip()
 
 
+def i2i_methods_table() -> str:
+    """bench_i2i_methods.py: ``i2i`` and the paper's baselines on each image-to-image model and retain set, the run's
+    own evaluation before → after; per device and model the latest commit's rows."""
+    path = RESULTS / "i2i_methods.csv"
+    if not path.exists():
+        return "_not yet measured_"
+    with open(path) as fh:
+        rows = _latest_commit_rows(list(csv.DictReader(fh)), ("model", "retain", "method"))
+    if not rows:
+        return "_not yet measured_"
+    models = {"digits-inpaint": 0, "digits-mae": 1}
+    methods = {"i2i": 0, "max_loss": 1, "noisy_label": 2, "retain_label": 3, "random_encoder": 4}
+    rows.sort(key=lambda r: (r["device"], models.get(r["model"], 9), r["retain"] != "real",
+                             methods.get(r["method"], 9)))
+
+    def pct(v: str) -> str:
+        return f"{100 * float(v):.1f}"
+
+    lines = []
+    for device in sorted({r["device"] for r in rows}):
+        dev = [r for r in rows if r["device"] == device]
+        commits = ", ".join(sorted({r["commit"] for r in dev}))
+        lines += [f"**{device}** — torch {dev[0]['torch']}, commit {commits}, {dev[0]['date'][:10]}", "",
+                  "| model | retain set | method | steps · lr · α | forget-class completions judged their class, % "
+                  "(CNN · SVM) | retained classes, % (CNN · SVM) | cosine forget · retain | FID forget · retain | "
+                  "bar | run s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in dev:
+            method = f"**`{r['method']}`**" if r["method"] == "i2i" else f"`{r['method']}`"
+            retain = "real (classes 5–9)" if r["retain"] == "real" else "proxy (`proxy:mnist`)"
+            lines.append(f"| {r['model']} | {retain} | {method} | {r['steps']} · {float(r['lr']):g} · {r['alpha']} | "
+                         f"{pct(r['forget_acc_before'])} → **{pct(r['forget_acc'])}** · {pct(r['forget_acc_svm'])} | "
+                         f"{pct(r['retain_acc_before'])} → **{pct(r['retain_acc'])}** · {pct(r['retain_acc_svm'])} | "
+                         f"{float(r['cos_forget']):.3f} · {float(r['cos_retain']):.3f} | "
+                         f"{r['fid_forget']} · {r['fid_retain']} | {'✓' if r['bar'] == 'True' else '✗'} | "
+                         f"{float(r['wall_s']):.0f} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def robustness_table() -> str:
     """bench_robustness.py: per method (the base model, each eraser, AdvUnlearn's encoder plugged into the base), the
     mean ± half-range over its seeds of the run's figures and every attack's success rate; the latest rows of each
@@ -270,7 +309,7 @@ def robustness_table() -> str:
 
 TABLES = {"ops": ops_table, "methods": methods_table, "step": step_table,
           "fastpath": lambda: step_table("fastpath"), "forgetting": forgetting_table, "t2i": t2i_table,
-          "robustness": robustness_table, "i2i": i2i_table}
+          "robustness": robustness_table, "i2i": i2i_table, "i2i-methods": i2i_methods_table}
 
 
 def main() -> int:

@@ -696,6 +696,25 @@ def _load_mae(directory: Path, trust_pickle: bool) -> Any:
         hf_logging.set_verbosity(level)
 
 
+def arch_of_ref(model: Any) -> str | None:
+    """The architecture (``"inpaint"`` or ``"mae"``) of an image-to-image model reference — an adapter, a zoo name
+    or a directory, read from its ``fastunlearn.json`` without loading weights — or None when it is not one."""
+    if isinstance(model, I2IAdapter):
+        return model.arch
+    if not isinstance(model, (str, Path)):
+        return None
+    from fastunlearn import zoo
+
+    ref = str(model)
+    try:
+        directory = zoo.resolve(ref) if zoo.is_zoo_ref(ref) else Path(ref).expanduser()
+        data = _read_sidecar(directory) if directory.is_dir() else None
+    except Exception:  # noqa: BLE001 - an unreadable reference is load_i2i's error to report
+        return None
+    arch = data.get("arch") if data and data.get("adapter") == "i2i" else None
+    return arch if arch in ARCHS else None
+
+
 def load_i2i(ref: str | Path, mask: "str | Mask | None" = None,
              trust_pickle: bool = False) -> "InpaintAdapter | MAEAdapter":
     """The adapter of a directory written by ``save_pretrained`` (or a zoo name of an image-to-image model).

@@ -84,3 +84,24 @@ def test_bench_robustness_smoke(tmp_path):
     assert float(rows["base"]["asr_unlearndiffatk"]) == 1.0  # the base model draws the concept: pre-attack success
     assert not (ROOT / "benchmarks" / "results" / "robustness.csv").exists() or \
         "appended" not in out.stdout, "--smoke must not write results"
+
+
+def test_bench_i2i_methods_smoke(tmp_path):
+    """i2i and a baseline with the real retain set and i2i with the proxy run through ``fastunlearn.run`` (2 steps,
+    2 images per class) on the embedded masked autoencoder; the rows carry shares in [0, 1]; nothing is written."""
+    import json
+
+    csv_file = ROOT / "benchmarks" / "results" / "i2i_methods.csv"
+    before = csv_file.stat().st_mtime_ns if csv_file.exists() else None
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_i2i_methods.py"), "--smoke",
+                          "--models", "digits-mae", "--methods", "i2i,max_loss", "--work", str(tmp_path / "work")],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = {(r["retain"], r["method"]): r
+            for r in (json.loads(line[4:]) for line in out.stdout.splitlines() if line.startswith("row "))}
+    assert set(rows) == {("real", "i2i"), ("real", "max_loss"), ("proxy", "i2i")}, out.stdout
+    for r in rows.values():
+        assert r["model"] == "digits-mae" and r["steps"] == 2, r
+        for key in ("forget_acc", "retain_acc"):
+            assert 0.0 <= float(r[key]) <= 1.0, (key, r)
+    assert (csv_file.stat().st_mtime_ns if csv_file.exists() else None) == before, "--smoke must write nothing"

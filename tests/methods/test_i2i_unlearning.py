@@ -332,3 +332,25 @@ def test_every_method_is_registered_with_the_i2i_defaults():
         cls = methods.get(name)
         assert cls.defaults(family="i2i")["scope"] == "encoder"
         assert cls.fsdp_unsupported(methods.parse_options(name, {}))
+
+
+def test_run_defaults_are_read_per_architecture(tmp_path):
+    """Every image-to-image method takes the measured defaults of the model's architecture, read from the
+    model's fastunlearn.json (zoo name, saved directory, adapter); a model whose architecture cannot be read
+    gets the generic ones. Values by hand (the measured ones, methods/i2i.py)."""
+    from fastunlearn.config import UnlearnConfig
+
+    mae = {"steps": 1500, "batch_size": 32, "lr": 3e-4, "scope": "encoder"}
+    inpaint = {"steps": 1000, "batch_size": 32, "lr": 1e-3, "scope": "encoder"}
+    build("mae").save_pretrained(tmp_path / "mae")
+    for name in METHODS:
+        cls = methods.get(name)
+        assert cls.defaults(family="i2i", model="zoo:digits-mae") == mae
+        assert cls.defaults(family="i2i", model="zoo:digits-inpaint") == inpaint
+        assert cls.defaults(family="i2i", model=str(tmp_path / "mae")) == mae
+        assert cls.defaults(family="i2i", model=build("inpaint")) == inpaint
+        assert cls.defaults(family="i2i", model=str(tmp_path / "nowhere"))["steps"] == 1000
+    cfg = UnlearnConfig(model="zoo:digits-mae", method="i2i", forget="class:0").resolved()
+    assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.scope) == (1500, 32, 3e-4, "encoder")
+    cfg = UnlearnConfig(model="zoo:digits-inpaint", method="noisy_label", forget="class:0", lr=5e-4).resolved()
+    assert (cfg.steps, cfg.lr) == (1000, 5e-4)  # given values win
