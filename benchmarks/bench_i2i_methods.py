@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", default=str(RESULTS / "i2i_methods.csv"), help="CSV to append rows to ('' to skip)")
     ap.add_argument("--smoke", action="store_true", help="2 steps, 2 images per class; writes nothing")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)  # what each run uses (fastunlearn.run's threads), as the device label says
     import fastunlearn
 
     models = [m for m in args.models.split(",") if m]
