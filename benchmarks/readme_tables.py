@@ -47,6 +47,15 @@ def _latest_commit_rows(rows: list[dict], key: tuple[str, ...], group_by: tuple[
     return sorted(keep.values(), key=lambda r: (r["device"], order.get(r["model"], 9), int(r["batch"])))
 
 
+def _latest_csv_rows(name: str, key: tuple[str, ...], group_by: tuple[str, ...] = ("model",)) -> list[dict]:
+    """:func:`_latest_commit_rows` of ``results/NAME.csv`` (no rows when it does not exist)."""
+    path = RESULTS / f"{name}.csv"
+    if not path.exists():
+        return []
+    with open(path) as fh:
+        return _latest_commit_rows(list(csv.DictReader(fh)), key, group_by)
+
+
 def _human(numel: str) -> str:
     n = int(numel)
     return f"{n / 2**20:g}M" if n >= 2**20 else str(n)
@@ -83,11 +92,7 @@ def methods_table() -> str:
 def step_table(name: str = "step") -> str:
     """The EraseDiff step benchmark (bench_step.py; ``fastpath``: its ``--ablation``): the latest commit's
     rows per device."""
-    path = RESULTS / f"{name}.csv"
-    if not path.exists():
-        return "_not yet measured_"
-    with open(path) as fh:
-        rows = _latest_commit_rows(list(csv.DictReader(fh)), ("model", "impl", "batch"))
+    rows = _latest_csv_rows(name, ("model", "impl", "batch"))
     if not rows:
         return "_not yet measured_"
     columns = [c for c in rows[0] if c not in ("date", "torch", "commit", "device")]
@@ -140,12 +145,7 @@ def t2i_table() -> str:
     """bench_t2i.py: ESD and AdvUnlearn per iteration (the library's amortised over its run) vs the authors' loops,
     UNet calls per iteration, and ESD's time to erase the forget prompt on digits-t2i; per device, method and
     model the latest commit's rows (``--method esd`` and ``--method advunlearn`` run separately fill one table)."""
-    path = RESULTS / "t2i.csv"
-    if not path.exists():
-        return "_not yet measured_"
-    with open(path) as fh:
-        rows = _latest_commit_rows(list(csv.DictReader(fh)), ("method", "setting", "model", "impl", "batch"),
-                                   group_by=("method", "model"))
+    rows = _latest_csv_rows("t2i", ("method", "setting", "model", "impl", "batch"), group_by=("method", "model"))
     if not rows:
         return "_not yet measured_"
     models, method_order = {"digits": 0, "sd": 1}, {"esd": 0, "advunlearn": 1}
@@ -188,11 +188,7 @@ def t2i_table() -> str:
 def i2i_table() -> str:
     """bench_i2i.py: the library's image-to-image unlearning step vs the authors' step structure at equal batch, with
     the counted encodes and the teacher's and optimizer's sizes; per device and model the latest commit's rows."""
-    path = RESULTS / "i2i.csv"
-    if not path.exists():
-        return "_not yet measured_"
-    with open(path) as fh:
-        rows = _latest_commit_rows(list(csv.DictReader(fh)), ("model", "impl", "batch"))
+    rows = _latest_csv_rows("i2i", ("model", "impl", "batch"))
     if not rows:
         return "_not yet measured_"
     order = {"digits-inpaint": 0, "digits-mae": 1}
@@ -217,11 +213,7 @@ def i2i_table() -> str:
 def i2i_methods_table() -> str:
     """bench_i2i_methods.py: ``i2i`` and the paper's baselines on each image-to-image model and retain set, the run's
     own evaluation before → after; per device and model the latest commit's rows."""
-    path = RESULTS / "i2i_methods.csv"
-    if not path.exists():
-        return "_not yet measured_"
-    with open(path) as fh:
-        rows = _latest_commit_rows(list(csv.DictReader(fh)), ("model", "retain", "method"))
+    rows = _latest_csv_rows("i2i_methods", ("model", "retain", "method"))
     if not rows:
         return "_not yet measured_"
     models = {"digits-inpaint": 0, "digits-mae": 1}
