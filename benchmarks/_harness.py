@@ -12,7 +12,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -103,3 +103,20 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join(c.rjust(widths[c]) for c in columns))
     for r in rows:
         print("  ".join(str(r[c]).rjust(widths[c]) for c in columns))
+
+
+def library_fast_paths(device: torch.device, adapter: Any = None) -> dict[str, Any]:
+    """{row name: fast path}: fp32 without compile first; the model's device default (``fastunlearn``) when it
+    differs; and bf16 autocast (``fastunlearn-bf16``) where the device has it and the default is not it (the
+    masked autoencoder on a CPU: its default is fp32, and this row shows why)."""
+    from fastunlearn.config import UnlearnConfig
+    from fastunlearn.engine import resolve_fast_path
+
+    fp32 = resolve_fast_path(UnlearnConfig(precision="fp32", compile=False), device)
+    default = resolve_fast_path(UnlearnConfig(), device, adapter)
+    names = {"fastunlearn-fp32": fp32}
+    if (default.precision, default.compile) != (fp32.precision, fp32.compile):
+        names["fastunlearn"] = default
+    elif resolve_fast_path(UnlearnConfig(), device).precision == "bf16":
+        names["fastunlearn-bf16"] = resolve_fast_path(UnlearnConfig(precision="bf16"), device)
+    return names

@@ -55,12 +55,12 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, append_csv, environment, print_table  # noqa: E402
+from _harness import RESULTS, append_csv, environment, library_fast_paths, print_table  # noqa: E402
 from reference_advunlearn import CallCounter  # noqa: E402
 from reference_i2i import ReferenceI2I, encoder_module  # noqa: E402
 
 from fastunlearn.config import UnlearnConfig  # noqa: E402
-from fastunlearn.engine import prepare_model, resolve_fast_path  # noqa: E402
+from fastunlearn.engine import prepare_model  # noqa: E402
 from fastunlearn.engine.loop import _autocast  # noqa: E402
 from fastunlearn.methods import base as methods  # noqa: E402
 
@@ -200,23 +200,9 @@ class Reference:
         return (time.perf_counter() - t0) * 1e3
 
 
-def lib_paths(device: torch.device, adapter: Any = None) -> dict[str, Any]:
-    """{row name: fast path}: fp32 without compile first; the model's device default (``fastunlearn``) when it
-    differs; and bf16 autocast (``fastunlearn-bf16``) where the device has it and the default is not it (the
-    masked autoencoder on a CPU: its default is fp32, and this row shows why)."""
-    fp32 = resolve_fast_path(UnlearnConfig(precision="fp32", compile=False), device)
-    default = resolve_fast_path(UnlearnConfig(), device, adapter)
-    names = {"fastunlearn-fp32": fp32}
-    if (default.precision, default.compile) != (fp32.precision, fp32.compile):
-        names["fastunlearn"] = default
-    elif resolve_fast_path(UnlearnConfig(), device).precision == "bf16":
-        names["fastunlearn-bf16"] = resolve_fast_path(UnlearnConfig(precision="bf16"), device)
-    return names
-
-
 def bench_model(case: Case, cfg: UnlearnConfig, device: torch.device, iters: int, warmup: int) -> list[dict]:
     """Interleaved rounds of every implementation on ``case``; one row each (module docstring)."""
-    impls: dict[str, Any] = {name: Library(case, cfg, fast, device) for name, fast in lib_paths(device, case.adapter).items()}
+    impls: dict[str, Any] = {name: Library(case, cfg, fast, device) for name, fast in library_fast_paths(device, case.adapter).items()}
     opts = impls["fastunlearn-fp32"].method.opts  # α and the noise as the library resolved them for the model
     impls["reference"] = Reference(case, cfg, opts.alpha, opts.noise, device)
     precision = {name: lib.fast.precision for name, lib in impls.items() if name != "reference"} | {"reference": "fp32"}

@@ -109,7 +109,7 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, append_csv, environment, print_table  # noqa: E402
+from _harness import RESULTS, append_csv, environment, library_fast_paths, print_table  # noqa: E402
 from reference_advunlearn import CallCounter, ReferenceAdvUnlearn, expected_unet_calls  # noqa: E402
 from reference_esd import ReferenceESD  # noqa: E402
 
@@ -219,16 +219,6 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return (time.perf_counter() - t0) * 1e3, out
 
 
-def lib_names(device: torch.device) -> dict[str, Any]:
-    """{row name: fast path}: fp32 without compile first; the device default when it differs."""
-    fp32 = resolve_fast_path(UnlearnConfig(precision="fp32", compile=False), device)
-    default = resolve_fast_path(UnlearnConfig(), device)
-    names = {"fastunlearn-fp32": fp32}
-    if (default.precision, default.compile) != (fp32.precision, fp32.compile):
-        names["fastunlearn"] = default
-    return names
-
-
 def corrected_mean(times: list[float], xs: list[float], target: float) -> tuple[float, float]:
     """(mean time at ``x = target``, least-squares ms per unit of x): mean(t) + b·(target − x̄), b the slope of t on
     x over the timed iterations (0 when every x is the same). ESD's reference, x = its prefix length."""
@@ -312,7 +302,7 @@ def esd_expected_calls(ddim_steps: int) -> float:
 def bench_iterations(case: Case, cfg: UnlearnConfig, options: dict, iters: int, warmup: int, device) -> list[dict]:
     """ESD: real iterations of every implementation, interleaved; per-iteration times as the module docstring
     says."""
-    libs = {name: Library(case, cfg, fast, options, cfg.batch_size) for name, fast in lib_names(device).items()}
+    libs = {name: Library(case, cfg, fast, options, cfg.batch_size) for name, fast in library_fast_paths(device).items()}
     ref = Reference(case, cfg, options)
     times: dict[str, list[float]] = {name: [] for name in [*libs, "reference"]}
     for r in range(warmup + iters):
@@ -351,7 +341,7 @@ def bench_components(case: Case, cfg: UnlearnConfig, options: dict, device, reps
     """ESD's composed sd row (module docstring): every component timed once per round over ``reps`` interleaved
     rounds, the medians composed."""
     S, J = int(options["ddim_steps"]), int(options["trajectories"])
-    lib = Library(case, cfg, lib_names(device)["fastunlearn-fp32"], {**options, "trajectories": 1, "ddim_steps": 1},
+    lib = Library(case, cfg, library_fast_paths(device)["fastunlearn-fp32"], {**options, "trajectories": 1, "ddim_steps": 1},
                   cfg.batch_size)  # setup's bank: one 2-row call, not timed here
     ref = Reference(case, cfg, {**options, "ddim_steps": S}).ref
     a = lib.adapter
@@ -558,7 +548,7 @@ def bench_adv_iterations(case: Case, setting: AdvSetting, retain_ids: Any, iters
     cfg = setting.cfg
     n_attack = int(cfg.options["attack_steps"])
     libs = {name: AdvLibrary(case, cfg, fast, retain_ids, {**cfg.options, "warmup": 0})
-            for name, fast in lib_names(device).items()}
+            for name, fast in library_fast_paths(device).items()}
     ref = AdvReference(case, cfg, retain_ids, ref_cfg)
     times: dict[str, list[float]] = {name: [] for name in [*libs, "reference"]}
     for r in range(warmup + iters):
@@ -601,7 +591,7 @@ def _library_components(case: Case, setting: AdvSetting, device, reps: int) -> d
     retain rows, on a 1-step bank; each step's attack is timed on its own (a′), its rest is r′ (a 1-row training
     pass with its Adam update)."""
     o = setting.cfg.options
-    lib = AdvLibrary(case, setting.cfg, lib_names(device)["fastunlearn-fp32"], (),
+    lib = AdvLibrary(case, setting.cfg, library_fast_paths(device)["fastunlearn-fp32"], (),
                      {**o, "warmup": 0, "attack_steps": 1, "ddim_steps": 1, "trajectories": 1, "gamma": 0.0},
                      time_attack=True)
     times: dict[str, list[float]] = {"a'": [], "r'": []}  # a′, r′
