@@ -644,12 +644,33 @@ class MAEAdapter(I2IAdapter):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._module.config.mask_ratio = self._ordering(self.mask)[1]
-        self._module.save_pretrained(directory, safe_serialization=True)
+        with _QuietTransformers():
+            self._module.save_pretrained(directory, safe_serialization=True)
         (directory / SIDECAR).write_text(json.dumps(self._sidecar(), indent=2) + "\n")
         return directory
 
 
 # ---------------------------------------------------------------------- loading
+class _QuietTransformers:
+    """transformers' warnings and progress bars ("Loading weights", "Writing model shards") off for a load or a
+    save of the library's own, restored after."""
+
+    def __enter__(self) -> "_QuietTransformers":
+        from transformers.utils import logging as hf_logging
+
+        self._level, self._bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self._level)
+        if self._bars:
+            hf_logging.enable_progress_bar()
+
+
 def _read_sidecar(directory: Path) -> dict | None:
     f = directory / SIDECAR
     if not f.is_file():
@@ -672,7 +693,6 @@ def is_i2i_dir(directory: Path) -> bool:
 
 def _load_mae(directory: Path, trust_pickle: bool) -> Any:
     from transformers import ViTMAEForPreTraining
-    from transformers.utils import logging as hf_logging
 
     from fastunlearn.models.safe_loading import _check_safetensors
 
@@ -685,15 +705,12 @@ def _load_mae(directory: Path, trust_pickle: bool) -> Any:
                 else "no weights")
         raise UserInputError(f"masked-autoencoder directory {directory} has {what}; fastunlearn loads "
                              "model.safetensors (pass --trust-pickle / trust_pickle=True only for a file you trust)")
-    level = hf_logging.get_verbosity()
     try:
-        hf_logging.set_verbosity_error()
-        return ViTMAEForPreTraining.from_pretrained(directory, use_safetensors=safe.is_file() or not trust_pickle)
+        with _QuietTransformers():
+            return ViTMAEForPreTraining.from_pretrained(directory, use_safetensors=safe.is_file() or not trust_pickle)
     except (OSError, ValueError, RuntimeError, TypeError, KeyError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserInputError(f"cannot load the masked autoencoder in {directory}: {first}") from None
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def arch_of_ref(model: Any) -> str | None:

@@ -339,6 +339,19 @@ def test_mae_round_trip(mae, tmp_path):
         assert torch.equal(back.encode(x), mae.encode(x))
 
 
+def test_mae_save_and_load_print_nothing(mae, tmp_path, capfd):
+    """transformers' "Loading weights" / "Writing model shards" bars stay out of a run's output, and its own
+    progress-bar setting is given back."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    load_model(mae.save_pretrained(tmp_path / "mae"))
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out, err)
+    assert hf_logging.is_progress_bar_enabled()
+
+
 def test_bad_directories(tmp_path, mae):
     plain = tmp_path / "plain"
     plain.mkdir()
