@@ -212,8 +212,9 @@ def i2i_table() -> str:
 
 def i2i_methods_table() -> str:
     """bench_i2i_methods.py: ``i2i`` and the paper's baselines on each image-to-image model and retain set, the run's
-    own evaluation before → after; per device and model the latest commit's rows."""
-    rows = _latest_csv_rows("i2i_methods", ("model", "retain", "method"))
+    own evaluation before → after; per device and (model, retain set, method) the latest row (each row is one whole
+    run; the header lists the commits)."""
+    rows = _latest_csv_rows("i2i_methods", ("model", "retain", "method"), group_by=("model", "retain", "method"))
     if not rows:
         return "_not yet measured_"
     models = {"digits-inpaint": 0, "digits-mae": 1}
