@@ -105,3 +105,26 @@ def test_bench_i2i_methods_smoke(tmp_path):
         for key in ("forget_acc", "retain_acc"):
             assert 0.0 <= float(r[key]) <= 1.0, (key, r)
     assert (csv_file.stat().st_mtime_ns if csv_file.exists() else None) == before, "--smoke must write nothing"
+
+
+def test_i2i_feature_gaps_reads_a_run(tmp_path):
+    """``i2i_feature_gaps.py`` on a run of the tiny inpainter (2 steps, no evaluation: the forget classes come
+    from the run's selector): a row per encoder map, in order, with finite non-negative figures, and the features
+    moved (the script reads the unlearned model, not the base twice)."""
+    import fastunlearn
+    from fastunlearn.models.i2i import build_tiny_inpaint
+
+    base = build_tiny_inpaint(seed=0).save_pretrained(tmp_path / "base")
+    fastunlearn.run(model=str(base), method="i2i", forget="class:0,1", steps=2, batch_size=4, evaluate=False,
+                    out_dir=tmp_path / "out", progress=False)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "i2i_feature_gaps.py"), str(tmp_path / "out"),
+                          "--t", "500", "--draws", "2", "--per-side", "6"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = build_tiny_inpaint(seed=0).feature_names()
+    rows = [line.split() for line in out.stdout.splitlines() if line.strip().split(" ")[0] in names]
+    assert [r[0] for r in rows] == names, out.stdout
+    for r in rows:
+        gap0, gap1, moved_f, moved_r = float(r[1]), float(r[2]), float(r[4]), float(r[5])
+        assert gap0 > 0 and gap1 > 0 and moved_f >= 0 and moved_r >= 0, r
+    assert any(float(r[4]) > 0 for r in rows), out.stdout

@@ -1,0 +1,98 @@
+"""Where an image-to-image unlearning run moved the encoder: per encoder feature map, how far the forget images'
+features got towards the ``i2i`` target and how far the retained images' features moved with them.
+
+    python benchmarks/i2i_feature_gaps.py OUT                       # OUT: a run's output (--model read from it)
+    python benchmarks/i2i_feature_gaps.py OUT --base zoo:digits-inpaint --t 900,500,100 --draws 8
+
+For the held-out test images of the run's forget and retained classes (``--per-side`` of each, the digits'
+``test`` split) under the model's mask and, on the inpainter, a fixed timestep t per table with one noise draw
+per row shared by every encoding:
+
+- ``target`` = the mean over ``--draws`` noise images n of the ORIGINAL encoder's features of n: what the ``i2i``
+  loss pulls a forget image's features to (its expected target; the loss's remainder is n's own variance, which
+  no encoder can remove);
+- ``gap before`` / ``gap after``: mean squared distance of the forget images' features to ``target`` under the
+  original / the unlearned encoder, and their ratio;
+- ``forget moved`` / ``retain moved``: mean squared distance between the unlearned and the original encoder's
+  features, on the forget / the retained images. A map where the two are equal moved the same way for every
+  class: it could not tell the forget classes from the retained ones.
+
+The inpainter's maps are its UNet's skip connections and bottleneck (``conv_in`` first); the masked
+autoencoder's one map is the ViT's last hidden state.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", help="a run's output directory (an unlearned image-to-image model)")
+    ap.add_argument("--base", default=None, help="the original model (default: the run's --model, from config.yaml)")
+    ap.add_argument("--t", default="900,500,100", help="inpainter timesteps, one table each")
+    ap.add_argument("--draws", type=int, default=8, help="noise images averaged into the target")
+    ap.add_argument("--per-side", type=int, default=96, help="held-out images of the forget and of the retained classes")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    import yaml
+
+    from fastunlearn.data.digits import load_digits_split
+    from fastunlearn.methods.i2i import DEFAULT_NOISE, noise_images
+    from fastunlearn.models.i2i import load_i2i
+
+    out = Path(args.out)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
+    options = metrics.get("options", {})
+    base = load_i2i(args.base or config["model"])
+    after = load_i2i(out)
+    teacher = base.frozen_encoder()
+    noise_kind = options.get("noise") or DEFAULT_NOISE[base.arch]
+    forget = set((metrics.get("after") or {}).get("detail", {}).get("forget_classes") or [])
+    if not forget:  # a run without evaluation: its class:... selector
+        spec = str(config["forget"])
+        if not spec.startswith("class:"):
+            ap.error(f"cannot tell the forget classes of {out}: no evaluation in metrics.json, forget {spec!r}")
+        forget = {int(c) for c in spec[len("class:"):].split(",") if c.strip()}
+    data = load_digits_split("test")
+    is_forget = torch.tensor([int(y) in forget for y in data.labels])
+    x_f, x_r = data.images[is_forget][:args.per_side], data.images[~is_forget][:args.per_side]
+    g = torch.Generator().manual_seed(args.seed)
+    names = base.feature_names() if hasattr(base, "feature_names") else ["vit.last_hidden_state"]
+    timesteps = [int(t) for t in args.t.split(",")] if base.arch == "inpaint" else [None]
+    print(f"{out} vs {args.base or config['model']}: forget classes {sorted(forget)}, {len(x_f)} forget and "
+          f"{len(x_r)} retained test images, noise {noise_kind!r}, target = mean of {args.draws} draws")
+    for t_fixed in timesteps:
+        n = min(len(x_f), len(x_r))
+        if t_fixed is None:
+            t = eps = None
+        else:
+            t = torch.full((n,), t_fixed)
+            eps = torch.randn(n, *base.image_shape, generator=g)
+        xf, xr = x_f[:n], x_r[:n]
+        with torch.no_grad():
+            draws = [teacher.encoder_features(noise_images(xf, noise_kind, g, base.mask), None, t, eps)
+                     for _ in range(args.draws)]
+            target = [sum(d[i] for d in draws) / len(draws) for i in range(len(draws[0]))]
+            f0, f1 = teacher.encoder_features(xf, None, t, eps), after.encoder_features(xf, None, t, eps)
+            r0, r1 = teacher.encoder_features(xr, None, t, eps), after.encoder_features(xr, None, t, eps)
+        print(f"\n{'t = ' + str(t_fixed) if t_fixed is not None else 'deterministic encoding'}")
+        print(f"  {'map':30s} {'gap before':>10s} {'gap after':>10s} {'ratio':>6s} {'forget moved':>13s} "
+              f"{'retain moved':>13s}")
+        for i, name in enumerate(names):
+            gap0 = ((f0[i] - target[i]) ** 2).mean().item()
+            gap1 = ((f1[i] - target[i]) ** 2).mean().item()
+            moved_f = ((f1[i] - f0[i]) ** 2).mean().item()
+            moved_r = ((r1[i] - r0[i]) ** 2).mean().item()
+            print(f"  {name:30s} {gap0:10.3f} {gap1:10.3f} {gap1 / gap0:6.0%} {moved_f:13.3f} {moved_r:13.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
