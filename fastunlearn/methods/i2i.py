@@ -83,8 +83,9 @@ SCOPE = "encoder"
 #:
 #: - masked autoencoder, α 0.2 (fp32): 200 steps at lr 1e-4 → forget 52.6 %; 1,000 at 3e-4 → 29.7 %, retained
 #:   89.7 %; 1,500 at 3e-4 (the default) → 25.7 %, retained 90.9 %, 114 s of training; α 0.1 with 1,200 steps →
-#:   31.4 %. With ``--retain proxy:mnist`` the retained classes lose ~5 points at every setting tried (800–1,500
-#:   steps, α 0.1–0.2, 32 or 64 rows): README, "Image-to-image unlearning".
+#:   31.4 %. With ``--retain proxy:mnist`` the retained classes lose 4.6–6.8 points at every setting tried
+#:   (800–1,500 steps, α 0.1–0.3, 32 or 64 rows, noise mage or palette; 1,500 steps: forget 33.1 %): README,
+#:   "Image-to-image unlearning".
 #: - inpainter: every setting tried lies on one trade-off — it forgets only as far as it also loses retained
 #:   classes (α 0.1: 200 steps at 1e-4 → 94.3 %; 1,000 at 1e-3 → 93.7 %, retained 87.4 %; α 1, 1,000 at 1e-3 →
 #:   69.1 %, retained 79.4 %; α 1, 2,000 at 3e-4 → 81.7 %, 82.3 %; lr 5e-3 → 73.7 %, 76.0 %); the default is
