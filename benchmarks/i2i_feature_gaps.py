@@ -19,6 +19,11 @@ per row shared by every encoding:
 
 The inpainter's maps are its UNet's skip connections and bottleneck (``conv_in`` first); the masked
 autoencoder's one map is the ViT's last hidden state.
+
+Then where the target sits among the classes: the mean squared distance (over the flat encoding,
+:meth:`~fastunlearn.models.i2i.I2IAdapter.encode`) from the mean target to each class's mean encoding of its
+held-out images under the original encoder, nearest first, beside the same for a draw of N(0, 1) features
+(``random_encoder``'s target) and the closest two class means' distance for scale.
 """
 from __future__ import annotations
 
@@ -91,6 +96,23 @@ def main(argv: list[str] | None = None) -> int:
             moved_f = ((f1[i] - f0[i]) ** 2).mean().item()
             moved_r = ((r1[i] - r0[i]) ** 2).mean().item()
             print(f"  {name:30s} {gap0:10.3f} {gap1:10.3f} {gap1 / gap0:6.0%} {moved_f:13.3f} {moved_r:13.3f}")
+        flat_target = base.flatten_features(target).mean(0)
+        means = {}
+        for c in sorted({int(y) for y in data.labels}):
+            xc = data.images[data.labels == c]
+            with torch.no_grad():
+                means[c] = teacher.encode(xc, None, None if t is None else t[:1].expand(len(xc)),
+                                          None if eps is None else eps[:1].expand(len(xc), -1, -1, -1)).mean(0)
+        gaussian = torch.randn(flat_target.shape, generator=g)
+
+        def nearest(v: torch.Tensor) -> str:
+            dist = sorted((((v - m) ** 2).mean().item(), c) for c, m in means.items())
+            return ", ".join(f"{c}{'*' if c in forget else ''} {d:.3f}" for d, c in dist)
+
+        closest = min(((means[a] - means[b]) ** 2).mean().item() for a in means for b in means if a < b)
+        print(f"  target's distance to each class's mean encoding (* forget class): {nearest(flat_target)}")
+        print(f"  a N(0, 1) draw's (random_encoder's target):                    {nearest(gaussian)}")
+        print(f"  the two closest class means: {closest:.3f} apart")
     return 0
 
 
