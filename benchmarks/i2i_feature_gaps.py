@@ -24,6 +24,12 @@ Then where the target sits among the classes: the mean squared distance (over th
 :meth:`~fastunlearn.models.i2i.I2IAdapter.encode`) from the mean target to each class's mean encoding of its
 held-out images under the original encoder, nearest first, beside the same for a draw of N(0, 1) features
 (``random_encoder``'s target) and the closest two class means' distance for scale.
+
+``--oracle`` (inpainter): which maps must change for the ORIGINAL model to forget. The forget images are completed
+by the original model (``complete``, DDIM ``--oracle-steps``) with the DECODER reading, for a chosen set of encoder
+maps, the target's mean at that step's t instead of the map (hooks on the up blocks' inputs; the encoder itself
+runs on the real input), and judged by the shipped CNN: nothing replaced, the maps of each resolution, and every
+map. An encoder that reached its target on a set of maps would give about that set's figure.
 """
 from __future__ import annotations
 
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draws", type=int, default=8, help="noise images averaged into the target")
     ap.add_argument("--per-side", type=int, default=96, help="held-out images of the forget and of the retained classes")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--oracle", action="store_true", help="inpainter: complete with maps replaced by the target")
+    ap.add_argument("--oracle-steps", type=int, default=10, help="DDIM steps of the oracle's completions")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     import yaml
@@ -113,7 +121,93 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  target's distance to each class's mean encoding (* forget class): {nearest(flat_target)}")
         print(f"  a N(0, 1) draw's (random_encoder's target):                    {nearest(gaussian)}")
         print(f"  the two closest class means: {closest:.3f} apart")
+    if args.oracle:
+        if base.arch != "inpaint":
+            ap.error("--oracle replaces the inpainter's UNet maps; this model is a masked autoencoder")
+        y_f = data.labels[is_forget][:args.per_side]
+        print(f"\noracle: the original inpainter completing {len(x_f)} forget-class images (DDIM-{args.oracle_steps}) "
+              "with its decoder reading the target's mean at each step for the named maps; judged their class by the CNN")
+        probe = base.encoder_features(x_f[:1], None, torch.zeros(1, dtype=torch.long), torch.zeros(1, *base.image_shape))
+        by_size: dict[int, list[str]] = {}
+        for name, f in zip(names, probe):
+            by_size.setdefault(int(f.shape[-1]), []).append(name)
+        sets = [("nothing", [])] + [(f"the {k}×{k} maps ({', '.join(v)})", v) for k, v in sorted(by_size.items(),
+                                                                                                 reverse=True)]
+        sets.append(("every map", names))
+        for label, chosen in sets:
+            acc = oracle(base, teacher, x_f, y_f, set(chosen), noise_kind, args.draws, args.oracle_steps, args.seed)
+            print(f"  replaced {label}: {acc:.1%}")
     return 0
+
+
+def oracle(base, teacher, x, y, chosen: set, noise_kind: str, draws: int, steps: int, seed: int) -> float:
+    """The CNN's accuracy on :func:`oracle_completions` of ``x`` (labels ``y``)."""
+    from fastunlearn.eval.evaluate import digits_judges
+
+    completed = oracle_completions(base, teacher, x, chosen, noise_kind, draws, steps, seed)
+    judge = digits_judges(base, second=False)[""]
+    with torch.no_grad():
+        return (judge(completed).argmax(1) == y).float().mean().item()
+
+
+def oracle_completions(base, teacher, x, chosen: set, noise_kind: str, draws: int, steps: int,
+                       seed: int) -> torch.Tensor:
+    """The original inpainter's completions of ``x`` with its decoder reading, for the maps named in ``chosen``, the
+    target's mean (``draws`` noise images under the step's t and fresh noise) at every step; from the noise of
+    ``seed``."""
+    from fastunlearn.methods.i2i import noise_images
+
+    unet = base.model
+    names = base.feature_names()
+    g = torch.Generator().manual_seed(seed + 1)
+    state: dict = {}
+
+    def at_step(module, args, kwargs):  # UNet2DModel.forward(sample, timestep): the step's target maps
+        sample, t = args[0], args[1]
+        n = sample.shape[0]
+        maps = None
+        for _ in range(draws):
+            noise = noise_images(torch.zeros(n, *base.image_shape), noise_kind, g, base.mask)
+            f = teacher.encoder_features(noise, None, t, torch.randn(n, *base.image_shape, generator=g))
+            maps = f if maps is None else [a + b for a, b in zip(maps, f)]
+        state["target"] = {name: m / draws for name, m in zip(names, maps)}
+        seen.clear()
+
+    seen: dict[int, tuple[str, torch.Tensor]] = {}  # this forward's encoder outputs: id -> (map name, the tensor)
+
+    def record(name):
+        def hook(module, args, out):
+            seen[id(out)] = (name, out)
+        return hook
+
+    def record_block(first: int):
+        def hook(module, args, out):  # a down block returns (h, residuals): the residuals are its skip maps
+            for j, r in enumerate(out[1]):
+                seen[id(r)] = (names[first + j], r)
+        return hook
+
+    def read(t: torch.Tensor) -> torch.Tensor:
+        name, kept = seen.get(id(t), (None, None))
+        return state["target"][name] if kept is t and name in chosen else t
+
+    def decoder_reads(module, args):  # an up block's (h, skip maps, temb): what the decoder reads, replaced
+        return (read(args[0]), tuple(read(r) for r in args[1]), *args[2:])
+
+    hooks = [unet.register_forward_pre_hook(at_step, with_kwargs=True),
+             unet.conv_in.register_forward_hook(record("conv_in"))]
+    first = 1
+    for block in unet.down_blocks:
+        hooks.append(block.register_forward_hook(record_block(first)))
+        first += len(block.resnets) + len(block.downsamplers or [])
+    if unet.mid_block is not None:
+        hooks.append(unet.mid_block.register_forward_hook(record("mid_block")))
+    hooks += [block.register_forward_pre_hook(decoder_reads) for block in unet.up_blocks]
+    try:
+        with torch.no_grad():
+            return base.complete(x, generator=torch.Generator().manual_seed(seed), steps=steps)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def test_i2i_feature_gaps_reads_a_run(tmp_path):
     fastunlearn.run(model=str(base), method="i2i", forget="class:0,1", steps=2, batch_size=4, evaluate=False,
                     out_dir=tmp_path / "out", progress=False)
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "i2i_feature_gaps.py"), str(tmp_path / "out"),
-                          "--t", "500", "--draws", "2", "--per-side", "6"],
+                          "--t", "500", "--draws", "2", "--per-side", "6", "--oracle", "--oracle-steps", "2"],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     names = build_tiny_inpaint(seed=0).feature_names()
@@ -128,3 +128,41 @@ def test_i2i_feature_gaps_reads_a_run(tmp_path):
         gap0, gap1, moved_f, moved_r = float(r[1]), float(r[2]), float(r[4]), float(r[5])
         assert gap0 > 0 and gap1 > 0 and moved_f >= 0 and moved_r >= 0, r
     assert any(float(r[4]) > 0 for r in rows), out.stdout
+    # the oracle: nothing, each resolution's maps (the tiny UNet: conv_in and the first resnet at 16×16, the rest
+    # at 8×8), every map; shares in [0, 100] %
+    oracle = [line.strip() for line in out.stdout.splitlines() if line.strip().startswith("replaced ")]
+    assert [line.split(":")[0] for line in oracle] == [
+        "replaced nothing", f"replaced the 16×16 maps ({', '.join(names[:2])})",
+        f"replaced the 8×8 maps ({', '.join(names[2:])})", "replaced every map"], out.stdout
+    for line in oracle:
+        assert 0.0 <= float(line.rsplit(":", 1)[1].strip().rstrip("%")) <= 100.0, line
+
+
+def test_i2i_feature_gaps_oracle_replaces_the_named_maps():
+    """With every encoder map the decoder reads replaced by the target, the decoder sees nothing of the input: two
+    different image batches get the same hole (same noise); with nothing replaced, or with any one map left
+    (a skip map, the mid block's output), they differ."""
+    import importlib.util
+
+    import torch
+
+    from fastunlearn.models.i2i import build_tiny_inpaint
+
+    spec = importlib.util.spec_from_file_location("i2i_feature_gaps", ROOT / "benchmarks" / "i2i_feature_gaps.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base = build_tiny_inpaint(seed=0)
+    teacher = base.frozen_encoder()
+    names = base.feature_names()
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(3, 1, 16, 16, generator=g) * 2 - 1, torch.rand(3, 1, 16, 16, generator=g) * 2 - 1
+    hole = (slice(None), slice(None), slice(4, 12), slice(4, 12))
+
+    def holes(chosen):
+        return [mod.oracle_completions(base, teacher, x, set(chosen), "palette", 2, 3, seed=0)[hole] for x in (a, b)]
+
+    same, other = holes(names)
+    torch.testing.assert_close(same, other)
+    for chosen in ([], *([n for n in names if n != left] for left in names)):
+        first, second = holes(chosen)
+        assert not torch.allclose(first, second), chosen
