@@ -28,8 +28,9 @@ held-out images under the original encoder, nearest first, beside the same for a
 ``--oracle`` (inpainter): which maps must change for the ORIGINAL model to forget. The forget images are completed
 by the original model (``complete``, DDIM ``--oracle-steps``) with the DECODER reading, for a chosen set of encoder
 maps, the target's mean at that step's t instead of the map (hooks on the up blocks' inputs; the encoder itself
-runs on the real input), and judged by the shipped CNN: nothing replaced, the maps of each resolution, and every
-map. An encoder that reached its target on a set of maps would give about that set's figure.
+runs on the real input), and judged by the shipped CNN: nothing replaced, the maps of each resolution, every
+map but ``conv_in``, and every map. An encoder that reached its target on a set of maps would give about that
+set's figure.
 """
 from __future__ import annotations
 
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             by_size.setdefault(int(f.shape[-1]), []).append(name)
         sets = [("nothing", [])] + [(f"the {k}×{k} maps ({', '.join(v)})", v) for k, v in sorted(by_size.items(),
                                                                                                  reverse=True)]
+        sets.append(("every map but conv_in (a single linear convolution of the input)", names[1:]))
         sets.append(("every map", names))
         for label, chosen in sets:
             acc = oracle(base, teacher, x_f, y_f, set(chosen), noise_kind, args.draws, args.oracle_steps, args.seed)

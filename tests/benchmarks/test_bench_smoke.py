@@ -129,11 +129,12 @@ def test_i2i_feature_gaps_reads_a_run(tmp_path):
         assert gap0 > 0 and gap1 > 0 and moved_f >= 0 and moved_r >= 0, r
     assert any(float(r[4]) > 0 for r in rows), out.stdout
     # the oracle: nothing, each resolution's maps (the tiny UNet: conv_in and the first resnet at 16×16, the rest
-    # at 8×8), every map; shares in [0, 100] %
+    # at 8×8), every map but conv_in, every map; shares in [0, 100] %
     oracle = [line.strip() for line in out.stdout.splitlines() if line.strip().startswith("replaced ")]
     assert [line.split(":")[0] for line in oracle] == [
         "replaced nothing", f"replaced the 16×16 maps ({', '.join(names[:2])})",
-        f"replaced the 8×8 maps ({', '.join(names[2:])})", "replaced every map"], out.stdout
+        f"replaced the 8×8 maps ({', '.join(names[2:])})",
+        "replaced every map but conv_in (a single linear convolution of the input)", "replaced every map"], out.stdout
     for line in oracle:
         assert 0.0 <= float(line.rsplit(":", 1)[1].strip().rstrip("%")) <= 100.0, line
 
