@@ -9,6 +9,7 @@ import csv
 import datetime as _dt
 import os
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
@@ -103,6 +104,25 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join(c.rjust(widths[c]) for c in columns))
     for r in rows:
         print("  ".join(str(r[c]).rjust(widths[c]) for c in columns))
+
+
+def read_printed_table(stdout: str, column: str, key: tuple[str, ...]) -> dict[tuple[str, ...], dict[str, str]]:
+    """The table :func:`print_table` wrote into ``stdout`` — the first line with `` column `` is its header — as
+    ``{(row[k] for k in key): {column: value}}``, read up to a line starting ``speedup =`` or the end. Columns are
+    right-justified two spaces apart, so a column ends where its name ends; blank cells read as ""."""
+    start = stdout.rindex("\n", 0, stdout.index(f" {column} ")) + 1
+    lines = stdout[start:].splitlines()
+    spans, left = {}, 0
+    for m in re.finditer(r"\S+", lines[0]):
+        spans[m.group()] = (left, m.end())
+        left = m.end() + 2
+    out = {}
+    for line in lines[1:]:
+        if line.startswith("speedup ="):
+            break
+        row = {name: line[a:b].strip() for name, (a, b) in spans.items()}
+        out[tuple(row[k] for k in key)] = row
+    return out
 
 
 def library_fast_paths(device: torch.device, adapter: Any = None) -> dict[str, Any]:

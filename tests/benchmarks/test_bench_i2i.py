@@ -2,7 +2,6 @@
 library's ``i2i`` (fp32 and the device default) and the authors'-structure reference, interleaved — with the
 counted encodes, encoder rows, teacher and optimizer sizes checked against counts worked out by hand, and nothing
 written."""
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,25 +11,15 @@ import pytest
 from fastunlearn.models.i2i import build_tiny_inpaint, build_tiny_mae
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _harness import read_printed_table  # noqa: E402
 CSV = ROOT / "benchmarks" / "results" / "i2i.csv"
 B = 4  # --smoke's rows per side
 
 
-def table(stdout: str) -> dict[tuple[str, str], dict[str, str]]:
-    """{(model, impl): {column: value}} from the printed table (right-justified columns two spaces apart)."""
-    start = stdout.rindex("\n", 0, stdout.index(" step_ms ")) + 1
-    lines = stdout[start:].splitlines()
-    spans, left = {}, 0
-    for m in re.finditer(r"\S+", lines[0]):
-        spans[m.group()] = (left, m.end())
-        left = m.end() + 2
-    out = {}
-    for line in lines[1:]:
-        if line.startswith("speedup ="):
-            break
-        row = {name: line[a:b].strip() for name, (a, b) in spans.items()}
-        out[(row["model"], row["impl"])] = row
-    return out
+def table(stdout: str) -> dict[tuple[str, ...], dict[str, str]]:
+    """("model", "impl"): {column: value} of the printed table (``_harness.read_printed_table``)."""
+    return read_printed_table(stdout, "step_ms", ("model", "impl"))
 
 
 def millions(params) -> float:

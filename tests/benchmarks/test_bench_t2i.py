@@ -3,7 +3,6 @@ interleaved iterations (library fp32, the device default, the reference), ESD's 
 judge that never sees the concept erased, so it runs to its cap) and the sd rows' composed path — with the
 UNet calls per iteration checked against counts worked out by hand, and nothing written."""
 import math
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _harness import read_printed_table  # noqa: E402
 
 #: --smoke's AdvUnlearn settings: S = 4 DDIM steps, one trajectory per prompt, N = 3 (authors) / 2 (digits
 #: defaults) attack steps, retain batch 5, the banks amortised over 1,000 / 200 iterations.
@@ -18,22 +19,9 @@ S, ATTACK = 4, {"authors": 3, "digits-defaults": 2}
 AMORTISED = {"authors": 1000, "digits-defaults": 200}
 
 
-def table(stdout: str) -> dict[tuple[str, str, str, str], dict[str, str]]:
-    """{(method, setting, model, impl): {column: value}} from the printed table (right-justified columns two
-    spaces apart, so a column ends where its name ends; blank cells read as "")."""
-    start = stdout.rindex("\n", 0, stdout.index(" per_iter_ms ")) + 1
-    lines = stdout[start:].splitlines()
-    spans, left = {}, 0
-    for m in re.finditer(r"\S+", lines[0]):
-        spans[m.group()] = (left, m.end())
-        left = m.end() + 2
-    out = {}
-    for line in lines[1:]:
-        if line.startswith("speedup ="):
-            break
-        row = {name: line[a:b].strip() for name, (a, b) in spans.items()}
-        out[(row["method"], row["setting"], row["model"], row["impl"])] = row
-    return out
+def table(stdout: str) -> dict[tuple[str, ...], dict[str, str]]:
+    """("method", "setting", "model", "impl"): {column: value} of the printed table (``_harness.read_printed_table``)."""
+    return read_printed_table(stdout, "per_iter_ms", ("method", "setting", "model", "impl"))
 
 
 @pytest.fixture(scope="module")
