@@ -52,3 +52,31 @@ def tiny_model_dir(tmp_path: Path) -> Path:
     path = tmp_path / "tiny-ddpm"
     DDPMAdapter(tiny_unet(), DDPMScheduler(num_train_timesteps=1000), null_label=10).save_pretrained(path)
     return path
+
+
+def hand_inpaint_completion(adapter, x, noise, steps: int):
+    """An inpainter's completion of ``x`` written out here, independent of the library's sampler: DDIM (eta 0) on
+    diffusers' ``DDIMScheduler`` from ``noise``, raw UNet calls on ``[x_t, masked image, mask]`` with the 8×8
+    centre hole of a 16×16 image by slicing, the known pixels pasted back."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(adapter.scheduler.config)
+    sched.set_timesteps(steps)
+    hole = torch.zeros_like(x, dtype=torch.bool)
+    hole[:, :, 4:12, 4:12] = True
+    cond = torch.cat([torch.where(hole, 0.0, x), hole.float()], 1)
+    z = noise.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            z = torch.where(hole, z, x)
+            eps = adapter.unet(torch.cat([z, cond], 1), torch.full((x.shape[0],), int(t))).sample
+            z = sched.step(eps, t, z, eta=0.0).prev_sample
+    return torch.where(hole, z.clamp(-1, 1), x)
+
+
+@pytest.fixture(scope="session")
+def inpaint_by_hand():
+    """:func:`hand_inpaint_completion`, the reference the inpainter's completions are checked against (a fixture
+    for the reason :func:`make_tiny_unet` is one)."""
+    return hand_inpaint_completion

@@ -1,7 +1,7 @@
 """Image-to-image jobs end to end on tiny inpainters and masked autoencoders saved to a temp dir: ``fastunlearn.run``
 trains the encoder only and writes the model, the report (completion grids, the encoder's t-SNE) and a manifest
 that ``verify`` re-measures; the evaluation is recomputed here from its completions with a plain DDIM loop on
-diffusers' ``DDIMScheduler`` and plain judge calls; user mistakes are caught before anything is written."""
+diffusers' ``DDIMScheduler`` (tests/conftest.py, ``inpaint_by_hand``) and plain judge calls; user mistakes are caught before anything is written."""
 from __future__ import annotations
 
 import json
@@ -97,25 +97,7 @@ def _noise(seed: int, rows: int) -> torch.Tensor:
     return torch.stack([torch.randn(1, 16, 16, generator=g) for _ in range(rows)])
 
 
-def _plain_completion(adapter, x, noise, steps):
-    """DDIM (eta 0) on diffusers' DDIMScheduler and raw UNet calls; the 8×8 centre hole by slicing."""
-    from diffusers import DDIMScheduler
-
-    sched = DDIMScheduler.from_config(adapter.scheduler.config)
-    sched.set_timesteps(steps)
-    hole = torch.zeros_like(x, dtype=torch.bool)
-    hole[:, :, 4:12, 4:12] = True
-    cond = torch.cat([torch.where(hole, 0.0, x), hole.float()], 1)
-    z = noise.clone()
-    with torch.no_grad():
-        for t in sched.timesteps:
-            z = torch.where(hole, z, x)
-            eps = adapter.unet(torch.cat([z, cond], 1), torch.full((x.shape[0],), int(t))).sample
-            z = sched.step(eps, t, z, eta=0.0).prev_sample
-    return torch.where(hole, z.clamp(-1, 1), x)
-
-
-def test_evaluation_recomputed_from_its_completions():
+def test_evaluation_recomputed_from_its_completions(inpaint_by_hand):
     from fastunlearn.data.digits import load_digits_split
     from fastunlearn.eval.evaluate import digits_judges
     from fastunlearn.eval.i2i import encoder_embeddings, evaluate_i2i
@@ -127,7 +109,7 @@ def test_evaluation_recomputed_from_its_completions():
     test = load_digits_split("test")
     originals = {c: test.images[test.labels == c][:3] for c in (0, 1, 2)}
     for c, x in originals.items():  # each class completed by DDIM from its own seeded noise
-        torch.testing.assert_close(res["images"][c], _plain_completion(adapter, x, _noise(_class_seed(5, c), 3), 2),
+        torch.testing.assert_close(res["images"][c], inpaint_by_hand(adapter, x, _noise(_class_seed(5, c), 3), 2),
                                    rtol=1e-4, atol=1e-5)
     cnn, svm = judges[""], judges["svm"]
     with torch.no_grad():

@@ -2,7 +2,7 @@
 
 Every numerical check compares with an independent path: the UNet's own forward observed through hooks on its
 modules, ``model.vit`` / ``ViTMAEForPreTraining.forward`` called with a hand-built patch ordering, a DDIM loop
-written here on diffusers' ``DDIMScheduler``, and masks drawn by slicing — never the adapter's own intermediates.
+on diffusers' ``DDIMScheduler`` (tests/conftest.py, ``inpaint_by_hand``), and masks drawn by slicing — never the adapter's own intermediates.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, UNet2DModel
+from diffusers import UNet2DModel
 from transformers import ViTMAEForPreTraining
 
 from fastunlearn.errors import UserInputError
@@ -260,26 +260,11 @@ def test_mae_scopes_and_mask_checks(mae):
 
 
 # ---------------------------------------------------------------------- completion
-def reference_completion(adapter: InpaintAdapter, x, noise, steps):
-    """DDIM (eta 0) written here on diffusers' DDIMScheduler and raw UNet calls."""
-    sched = DDIMScheduler.from_config(adapter.scheduler.config)
-    sched.set_timesteps(steps)
-    hole = hole_mask(x.shape[0]).bool()
-    cond = torch.cat([torch.where(hole, 0.0, x), hole.float()], 1)
-    z = noise.clone()
-    with torch.no_grad():
-        for t in sched.timesteps:
-            z = torch.where(hole, z, x)
-            eps = adapter.unet(torch.cat([z, cond], 1), torch.full((x.shape[0],), int(t))).sample
-            z = sched.step(eps, t, z, eta=0.0).prev_sample
-    return torch.where(hole, z.clamp(-1, 1), x)
-
-
-def test_inpaint_completion(inpaint):
+def test_inpaint_completion(inpaint, inpaint_by_hand):
     x = images(2)
     noise = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(7))
     done = inpaint.complete(x, generator=torch.Generator().manual_seed(7), steps=5, num=2)
-    torch.testing.assert_close(done, reference_completion(inpaint, x.repeat_interleave(2, 0), noise, 5),
+    torch.testing.assert_close(done, inpaint_by_hand(inpaint, x.repeat_interleave(2, 0), noise, 5),
                                rtol=1e-4, atol=1e-5)
     keep = ~hole_mask(1)[0, 0].bool()
     assert torch.equal(done[:, :, keep], x.repeat_interleave(2, 0)[:, :, keep])  # bitwise
