@@ -166,26 +166,9 @@ def _rows(before: Mapping[str, Any], after: Mapping[str, Any], forget_classes: S
                              significant=sig))
     rows += _t2i_rows(before, after)
     i2i = "i2i" in (before.get("kind"), after.get("kind"))
-    fid = before.get("fid") or after.get("fid") or {}
-    if fid:
-        o = fid.get("overall", {})
-        n = f"{o.get('n_real', '?')} real / {o.get('n_fake', '?')} gen"
-        b, a = _get(before, "fid.overall.fid"), _get(after, "fid.overall.fid")
-        rows.append(dict(label="retain FID (completions vs originals)" if i2i else "retain FID (CNN features)",
-                         judge=_judge_label(before or after, ""), b=b, a=a,
-                         direction="down", kind="num", b_text=_fmt(b, "num"), a_text=_fmt(a, "num"), n=n,
-                         significant=None))
-        kb, ka = _get(before, "fid.overall.kid_mean"), _get(after, "fid.overall.kid_mean")
-        sb, sa = _get(before, "fid.overall.kid_std"), _get(after, "fid.overall.kid_std")
-        if _num(kb) or _num(ka):
-            sig = None
-            if all(_num(v) for v in (kb, ka, sb, sa)) and (sb or sa):
-                sig = abs(ka - kb) > 2 * math.sqrt(sb * sb + sa * sa)
-            rows.append(dict(label="retain KID (CNN features, unit-normalised)",
-                             judge=_judge_label(before or after, ""), b=kb, a=ka, direction="down",
-                             kind="num3", b_text=_pm(kb, sb, 1, 3), a_text=_pm(ka, sa, 1, 3),
-                             n=n + (f", subsets of {o['kid_subset_size']}" if o.get("kid_subset_size") else ""),
-                             significant=sig))
+    rows += _fid_kid_rows(before, after, "fid", direction="down", made="gen", kid_subsets=True,
+                          fid_label="retain FID (completions vs originals)" if i2i else "retain FID (CNN features)",
+                          kid_label="retain KID (CNN features, unit-normalised)")
     if i2i:
         rows += _i2i_rows(before, after)
     mia = before.get("mia") or after.get("mia") or {}
@@ -232,28 +215,41 @@ _I2I_MEANS = (("cosine_forget", "cosine similarity, completion vs original (forg
               ("cosine_retain", "cosine similarity, completion vs original (retained)", "up"))
 
 
+def _fid_kid_rows(before: Mapping[str, Any], after: Mapping[str, Any], key: str, *, direction: str, made: str,
+                  kid_subsets: bool, fid_label: str, kid_label: str) -> list[dict]:
+    """The FID row (no test) and the KID row (significant beyond twice the subsets' spread) of one side's
+    ``key`` (``fid``: the retained classes; ``fid_forget``: the forget side of an image-to-image evaluation);
+    ``made`` names the generated images in the row's count, ``kid_subsets`` adds the KID subset size to it."""
+    fid = before.get(key) or after.get(key) or {}
+    if not fid:
+        return []
+    judge = _judge_label(before or after, "")
+    o = fid.get("overall", {})
+    n = f"{o.get('n_real', '?')} real / {o.get('n_fake', '?')} {made}"
+    b, a = _get(before, f"{key}.overall.fid"), _get(after, f"{key}.overall.fid")
+    rows = [dict(label=fid_label, judge=judge, b=b, a=a, direction=direction, kind="num", b_text=_fmt(b, "num"),
+                 a_text=_fmt(a, "num"), n=n, significant=None)]
+    kb, ka = _get(before, f"{key}.overall.kid_mean"), _get(after, f"{key}.overall.kid_mean")
+    sb, sa = _get(before, f"{key}.overall.kid_std"), _get(after, f"{key}.overall.kid_std")
+    if _num(kb) or _num(ka):
+        sig = None
+        if all(_num(v) for v in (kb, ka, sb, sa)) and (sb or sa):
+            sig = abs(ka - kb) > 2 * math.sqrt(sb * sb + sa * sa)
+        if kid_subsets and o.get("kid_subset_size"):
+            n += f", subsets of {o['kid_subset_size']}"
+        rows.append(dict(label=kid_label, judge=judge, b=kb, a=ka, direction=direction, kind="num3",
+                         b_text=_pm(kb, sb, 1, 3), a_text=_pm(ka, sa, 1, 3), n=n, significant=sig))
+    return rows
+
+
 def _i2i_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict]:
     """The forget side's FID (no test) and KID (significant beyond twice the subsets' spread), want ↑, and the
     completions' mean cosine similarity to their originals per side (significant when |Δ| > 1.96 ·
     √(se_b² + se_a²), se = half the interval / 1.96), of an image-to-image evaluation."""
-    rows: list[dict] = []
     judge = _judge_label(before or after, "")
-    fid = before.get("fid_forget") or after.get("fid_forget") or {}
-    if fid:
-        o = fid.get("overall", {})
-        n = f"{o.get('n_real', '?')} real / {o.get('n_fake', '?')} completed"
-        b, a = _get(before, "fid_forget.overall.fid"), _get(after, "fid_forget.overall.fid")
-        rows.append(dict(label="forget FID (completions vs originals)", judge=judge, b=b, a=a, direction="up",
-                         kind="num", b_text=_fmt(b, "num"), a_text=_fmt(a, "num"), n=n, significant=None))
-        kb, ka = _get(before, "fid_forget.overall.kid_mean"), _get(after, "fid_forget.overall.kid_mean")
-        sb, sa = _get(before, "fid_forget.overall.kid_std"), _get(after, "fid_forget.overall.kid_std")
-        if _num(kb) or _num(ka):
-            sig = None
-            if all(_num(v) for v in (kb, ka, sb, sa)) and (sb or sa):
-                sig = abs(ka - kb) > 2 * math.sqrt(sb * sb + sa * sa)
-            rows.append(dict(label="forget KID (completions vs originals)", judge=judge, b=kb, a=ka,
-                             direction="up", kind="num3", b_text=_pm(kb, sb, 1, 3), a_text=_pm(ka, sa, 1, 3), n=n,
-                             significant=sig))
+    rows = _fid_kid_rows(before, after, "fid_forget", direction="up", made="completed", kid_subsets=False,
+                         fid_label="forget FID (completions vs originals)",
+                         kid_label="forget KID (completions vs originals)")
     n_b, n_a = before.get("n") or {}, after.get("n") or {}
     for key, label, direction in _I2I_MEANS:
         b, a = before.get(key), after.get(key)

@@ -119,3 +119,26 @@ def test_read_history(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss_forget": 0.5}\n\n{"step": 2, "loss_forget": 0.4}\n')
     assert [h["step"] for h in read_history(tmp_path / "metrics.jsonl")] == [1, 2]
     assert read_history(tmp_path / "missing.jsonl") == []
+
+
+def test_fid_and_kid_rows_of_both_sides():
+    """The retained classes' FID/KID rows and an image-to-image evaluation's forget-side ones: KID significant only
+    beyond twice the subsets' combined spread, worked out here; the retained KID's count names its subset size,
+    the forget side's does not; FID has no test."""
+    from fastunlearn.eval.report import _rows
+
+    def side(fid, kid, std):
+        overall = {"fid": fid, "kid_mean": kid, "kid_std": std, "n_real": 35, "n_fake": 35, "kid_subset_size": 35}
+        return {"overall": overall}
+
+    before = {"kind": "i2i", "fid": side(20.0, 0.010, 0.002), "fid_forget": side(30.0, 0.010, 0.002)}
+    # retained: |Δ| 0.005 < 2·√(0.002² + 0.002²) = 0.0057 → not significant; forget: |Δ| 0.2 → significant
+    after = {"kind": "i2i", "fid": side(21.0, 0.015, 0.002), "fid_forget": side(700.0, 0.210, 0.002)}
+    rows = {r["label"]: r for r in _rows(before, after, [0])}
+    fid_r, kid_r = rows["retain FID (completions vs originals)"], rows["retain KID (CNN features, unit-normalised)"]
+    fid_f, kid_f = rows["forget FID (completions vs originals)"], rows["forget KID (completions vs originals)"]
+    assert fid_r["significant"] is None and fid_f["significant"] is None
+    assert kid_r["significant"] is False and kid_f["significant"] is True
+    assert (kid_r["direction"], kid_f["direction"]) == ("down", "up")
+    assert kid_r["n"] == "35 real / 35 gen, subsets of 35" and kid_f["n"] == "35 real / 35 completed"
+    assert (fid_f["b"], fid_f["a"]) == (30.0, 700.0)
